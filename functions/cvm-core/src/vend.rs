@@ -124,10 +124,13 @@ impl VendError {
     }
 }
 
+/// Maps a failed dependency call: throttling and outages are worth a retry later (503 with
+/// Retry-After); anything else (access denied, a bad configuration) is our fault (500).
 fn unavailable(source: PortError) -> VendError {
     let retry_after = match source.kind {
         FailureKind::Throttled => Duration::from_secs(2),
-        _ => Duration::from_secs(5),
+        FailureKind::Unavailable | FailureKind::NotFound => Duration::from_secs(5),
+        FailureKind::Other => return VendError::Internal(source.to_string()),
     };
     VendError::Unavailable {
         retry_after,
