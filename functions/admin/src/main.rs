@@ -1,1 +1,167 @@
-fn main() {}
+//! `cvm-admin`: what ops do with the device table.
+//!
+//! `enroll` makes a one-time token, stores only its hash and prints the token once (for the
+//! factory); `show` prints a record without any secret.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cvm_aws::DynamoStore;
+use cvm_core::ports::{DeviceStore, Written};
+use cvm_core::record::DeviceStatus;
+use cvm_core::{Attributes, DeviceRecord, PolicyName, Serial, ThingName, Token};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "cvm-admin", version, about = "Certificate vending machine: operations")]
+struct Cli {
+    /// DynamoDB table of device records.
+    #[arg(long, env = "CVM_TABLE_NAME", global = true)]
+    table: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll a serial: generate its one-time token, store the token's hash, print the token.
+    Enroll {
+        #[arg(long)]
+        serial: String,
+        /// Thing name in AWS IoT (default: the serial).
+        #[arg(long)]
+        thing_name: Option<String>,
+        /// IoT policy for this device (default: the deployment's).
+        #[arg(long)]
+        policy: Option<String>,
+        /// Thing attribute, `name=value` (repeatable, at most 3).
+        #[arg(long = "attr", value_name = "NAME=VALUE")]
+        attributes: Vec<String>,
+        /// Print `{"serial","token"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a device record (never its token or token hash).
+    Show {
+        #[arg(long)]
+        serial: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("cvm-admin: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let table = cli
+        .table
+        .ok_or("no table: pass --table or set CVM_TABLE_NAME")?;
+    let sdk = cvm_aws::load_sdk_config().await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    match cli.command {
+        Command::Enroll {
+            serial,
+            thing_name,
+            policy,
+            attributes,
+            json,
+        } => enroll(&store, &serial, thing_name, policy, &attributes, json).await,
+        Command::Show { serial } => show(&store, &serial).await,
+    }
+}
+
+async fn enroll(
+    store: &DynamoStore,
+    serial: &str,
+    thing_name: Option<String>,
+    policy: Option<String>,
+    attributes: &[String],
+    as_json: bool,
+) -> Result<(), String> {
+    let serial = Serial::parse(serial).map_err(|e| e.to_string())?;
+    let thing_name = match thing_name {
+        Some(t) => ThingName::parse(&t).map_err(|e| e.to_string())?,
+        None => ThingName::from(&serial),
+    };
+    let policy = policy
+        .map(|p| PolicyName::parse(&p))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let pairs = attributes
+        .iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("--attr {a:?} must be NAME=VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let attributes = Attributes::parse(pairs).map_err(|e| e.to_string())?;
+    let token = Token::generate().map_err(|_| "the system random source failed".to_string())?;
+    let now = cvm_core::vend::rfc3339(time::OffsetDateTime::now_utc());
+    let record = DeviceRecord::new_enrollment(
+        serial.clone(),
+        token.hash(),
+        thing_name,
+        policy,
+        attributes,
+        now,
+    );
+    match store.create(&record).await.map_err(|e| e.to_string())? {
+        Written::Done => {}
+        Written::ConditionFailed => {
+            return Err(format!("serial {serial} is already enrolled"));
+        }
+    }
+    if as_json {
+        println!("{}", json!({"serial": serial.as_str(), "token": token.expose_secret()}));
+    } else {
+        println!("enrolled {serial}");
+        println!("token (shown once; give it to the device, it is not stored): {}", token.expose_secret());
+    }
+    Ok(())
+}
+
+async fn show(store: &DynamoStore, serial: &str) -> Result<(), String> {
+    let serial = Serial::parse(serial).map_err(|e| e.to_string())?;
+    let record = store
+        .get(&serial)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("serial {serial} is not enrolled"))?;
+    let mut out = json!({
+        "serial": record.serial,
+        "thingName": record.thing_name,
+        "policyName": record.policy_name,
+        "attributes": record.attributes,
+        "status": record.status.name(),
+        "failedAttempts": record.failed_attempts,
+        "enrolledAt": record.enrolled_at,
+    });
+    match &record.status {
+        DeviceStatus::Issued(i) => {
+            out["certificateId"] = json!(i.certificate.id);
+            out["certificateArn"] = json!(i.certificate.arn);
+            out["publicKeyFingerprint"] = json!(i.fingerprint);
+            out["issuedAt"] = json!(i.issued_at);
+        }
+        DeviceStatus::Claimed(c) => {
+            out["claimedAt"] = json!(c.claimed_at);
+            out["pendingCertificateId"] = json!(c.pending.as_ref().map(|p| &p.id));
+        }
+        DeviceStatus::Revoked { revoked_at } => out["revokedAt"] = json!(revoked_at),
+        DeviceStatus::Enrolled => {}
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}

@@ -5,6 +5,7 @@
 pub mod dynamo;
 pub mod error;
 pub mod iot;
+pub mod vend_app;
 
 pub use dynamo::DynamoStore;
 pub use iot::{describe_endpoints, IotIssuer, IotRegistry};

@@ -1,1 +1,19 @@
-fn main() {}
+//! The vend Lambda. It only wires: logging, configuration, clients, router. Everything it
+//! serves lives in `cvm-http` and `cvm-core`; the local server runs the same router.
+
+use cvm_aws::vend_app::{build_vend_api, VendSettings};
+use cvm_http::{router, Metrics};
+use lambda_http::{run, tracing, Error};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    // JSON logs when the function's log format is JSON; level from AWS_LAMBDA_LOG_LEVEL.
+    tracing::init_default_subscriber();
+
+    // Configuration and clients are built once, at init, and fail the cold start loudly.
+    let settings = VendSettings::from_env()?;
+    let sdk = cvm_aws::load_sdk_config().await;
+    let api = build_vend_api(&sdk, settings, Metrics::Emf).await?;
+
+    run(router(api)).await
+}

@@ -1,0 +1,73 @@
+//! A PKCS#10 CSR signed inside the key store.
+
+use p256::ecdsa::Signature;
+use rcgen::{CertificateParams, DnType, PublicKeyData, SignatureAlgorithm, SigningKey};
+use sha2::{Digest, Sha256};
+
+use crate::keystore::{KeyStore, KeyStoreError};
+
+/// Presents a [`KeyStore`] to rcgen as a signing key: rcgen asks for a signature over the
+/// request info, we hash it, let the store sign the digest and DER-encode `r || s`.
+struct StoreSigner<'a> {
+    store: &'a dyn KeyStore,
+    public_key: [u8; 65],
+}
+
+impl PublicKeyData for StoreSigner<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public_key
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl SigningKey for StoreSigner<'_> {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let digest: [u8; 32] = Sha256::digest(msg).into();
+        let raw = self
+            .store
+            .sign_digest(&digest)
+            .map_err(|_| rcgen::Error::RemoteKeyError)?;
+        let sig = Signature::from_slice(&raw).map_err(|_| rcgen::Error::RemoteKeyError)?;
+        Ok(sig.to_der().as_bytes().to_vec())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error(transparent)]
+    KeyStore(#[from] KeyStoreError),
+    #[error("could not build the CSR: {0}")]
+    Build(String),
+}
+
+/// A CSR whose subject is `CN=<common_name>`, signed by the store's key.
+pub fn build_csr(store: &dyn KeyStore, common_name: &str) -> Result<String, CsrError> {
+    let signer = StoreSigner {
+        store,
+        public_key: store.public_key()?,
+    };
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| CsrError::Build(e.to_string()))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    let csr = params
+        .serialize_request(&signer)
+        .map_err(|e| CsrError::Build(e.to_string()))?;
+    csr.pem().map_err(|e| CsrError::Build(e.to_string()))
+}
+
+/// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the same fingerprint the server
+/// records, so a device can tell whether a stored certificate is for its key.
+pub fn key_fingerprint(store: &dyn KeyStore) -> Result<String, KeyStoreError> {
+    let signer = StoreSigner {
+        store,
+        public_key: store.public_key()?,
+    };
+    let spki = signer.subject_public_key_info();
+    Ok(Sha256::digest(&spki)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}

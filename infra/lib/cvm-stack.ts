@@ -1,0 +1,278 @@
+import * as path from 'node:path';
+import { ArnFormat, Aws, CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
+import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
+import * as iam from 'aws-cdk-lib/aws-iam';
+import type * as logs from 'aws-cdk-lib/aws-logs';
+import type { Construct } from 'constructs';
+import { CertificateProvider } from './certificate-provider';
+import type { CvmConfig } from './config';
+import { DeviceIdentity } from './device-identity';
+import { Monitoring } from './monitoring';
+import { acknowledgeFindings } from './nag';
+import { PROVIDER_MANIFEST, repoRoot, VEND_MANIFEST } from './paths';
+import { PrivateCa } from './private-ca';
+import { RustLambda } from './rust-lambda';
+import { VendingApi } from './vending-api';
+
+export interface CvmStackProps extends StackProps {
+  readonly config: CvmConfig;
+  /** Cargo.toml of the vend crate; defaults to functions/vend/Cargo.toml of this repository. */
+  readonly vendManifestPath?: string;
+  /** Cargo.toml of the certificate-provider crate; defaults to functions/cert-provider/Cargo.toml. */
+  readonly providerManifestPath?: string;
+}
+
+/**
+ * The Certificate Vending Machine: the device table, the vending API and function, the
+ * AWS IoT policy and role alias devices receive, optionally an AWS Private CA and the
+ * fleet-provisioning certificate provider, and the operations view.
+ */
+export class CvmStack extends Stack {
+  readonly table: dynamodb.Table;
+  readonly vend: RustLambda;
+  readonly api: VendingApi;
+  readonly identity: DeviceIdentity;
+  readonly provider?: CertificateProvider;
+  readonly privateCa?: PrivateCa;
+  readonly monitoring: Monitoring;
+
+  constructor(scope: Construct, id: string, props: CvmStackProps) {
+    super(scope, id, {
+      description: `Certificate Vending Machine for AWS IoT (${props.config.stage})`,
+      ...props,
+    });
+    const config = props.config;
+    const root = props.vendManifestPath && props.providerManifestPath ? undefined : repoRoot();
+    const vendManifestPath = props.vendManifestPath ?? path.join(root as string, VEND_MANIFEST);
+    const providerManifestPath = props.providerManifestPath ?? path.join(root as string, PROVIDER_MANIFEST);
+    const logRetention = config.logRetentionDays as logs.RetentionDays;
+    const iotArn = (resource: string, resourceName: string) =>
+      this.formatArn({ service: 'iot', resource, resourceName, arnFormat: ArnFormat.SLASH_RESOURCE_NAME });
+
+    // One item per enrolled serial: token hash, failed-attempt counter, claim, and the
+    // issued certificate. Items are never expired by DynamoDB (no TTL): a device record
+    // lives as long as the device.
+    //
+    // Encryption with the AWS managed key (aws/dynamodb) rather than a customer managed
+    // key: the table holds token hashes and public certificates, no key material, so the
+    // extra control of a customer managed key (own key policy, cross-account grants,
+    // revoking access by disabling the key) does not pay for its cost and the outage risk
+    // of a key policy mistake. Unlike the AWS owned default, use of this key is visible
+    // in CloudTrail.
+    this.table = new dynamodb.Table(this, 'DeviceTable', {
+      partitionKey: { name: 'serial', type: dynamodb.AttributeType.STRING },
+      billingMode: dynamodb.BillingMode.PAY_PER_REQUEST,
+      pointInTimeRecoverySpecification: { pointInTimeRecoveryEnabled: true },
+      encryption: dynamodb.TableEncryption.AWS_MANAGED,
+      deletionProtection: true,
+      // Enrollment records cannot be recreated (the factory holds the only copy of the
+      // tokens): deleting the stack leaves the table in place.
+      removalPolicy: RemovalPolicy.RETAIN,
+    });
+
+    let pcaArn = config.pcaArn;
+    if (config.createPrivateCa) {
+      this.privateCa = new PrivateCa(this, 'PrivateCa', { commonName: config.privateCaCommonName });
+      pcaArn = this.privateCa.arn;
+    }
+
+    this.identity = new DeviceIdentity(this, 'DeviceIdentity', {
+      policyName: config.policyName,
+      roleAliasName: config.roleAliasName,
+      credentialDurationSeconds: config.credentialDurationSeconds,
+      deviceRoleManagedPolicyArns: config.deviceRoleManagedPolicyArns,
+    });
+
+    const vendEnvironment: Record<string, string> = {
+      CVM_TABLE_NAME: this.table.tableName,
+      CVM_ISSUER: config.issuerMode,
+      CVM_DEFAULT_POLICY_NAME: config.policyName,
+      CVM_MAX_FAILED_ATTEMPTS: String(config.maxFailedAttempts),
+      CVM_ROLE_ALIAS: config.roleAliasName,
+    };
+    if (config.issuerMode === 'acm-pca') vendEnvironment.CVM_PCA_ARN = pcaArn as string;
+    if (config.iotDataEndpoint) vendEnvironment.CVM_IOT_DATA_ENDPOINT = config.iotDataEndpoint;
+    if (config.iotCredentialsEndpoint) vendEnvironment.CVM_IOT_CREDENTIALS_ENDPOINT = config.iotCredentialsEndpoint;
+    if (config.extraPolicyNames.length > 0) {
+      vendEnvironment.CVM_ALLOWED_POLICY_NAMES = [config.policyName, ...config.extraPolicyNames].join(',');
+    }
+
+    this.vend = new RustLambda(this, 'Vend', {
+      manifestPath: vendManifestPath,
+      binaryName: 'vend',
+      description: 'Vends AWS IoT device certificates: POST /v1/certificates',
+      architecture: config.architecture,
+      memorySize: 256,
+      // A vend is about six sequential AWS round trips (read the record, claim it, issue the
+      // certificate, create the thing and attach policy and certificate concurrently, record
+      // the result), each normally well under a second but up to a few seconds when AWS IoT
+      // is slow or the SDK retries a throttled call. 10 s leaves room for that and for the
+      // rollback of a half-done vend, and stays below API Gateway's 30 s integration timeout.
+      timeout: Duration.seconds(10),
+      reservedConcurrency: config.vendReservedConcurrency,
+      environment: vendEnvironment,
+      logRetention,
+    });
+    const vendFn = this.vend.function;
+
+    // Exactly the calls the vend function makes, each on the narrowest resource AWS allows.
+    // Resource types per the Service Authorization Reference (Actions, resources, and
+    // condition keys for AWS IoT / AWS Private Certificate Authority / Amazon DynamoDB):
+    // https://docs.aws.amazon.com/service-authorization/latest/reference/list_awsiot.html
+    vendFn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'ReadWriteDeviceRecords',
+        actions: ['dynamodb:GetItem', 'dynamodb:UpdateItem'],
+        resources: [this.table.tableArn],
+      }),
+    );
+    if (config.issuerMode === 'iot') {
+      // iot:CreateCertificateFromCsr has no resource type in the reference: it can only be
+      // granted on "*" (the certificate does not exist before the call).
+      vendFn.addToRolePolicy(
+        new iam.PolicyStatement({
+          sid: 'IssueWithAwsIot',
+          actions: ['iot:CreateCertificateFromCsr'],
+          resources: ['*'],
+        }),
+      );
+    } else {
+      vendFn.addToRolePolicy(
+        new iam.PolicyStatement({
+          sid: 'IssueWithPrivateCa',
+          actions: ['acm-pca:IssueCertificate', 'acm-pca:GetCertificate', 'acm-pca:RevokeCertificate'],
+          resources: [pcaArn as string],
+        }),
+      );
+      // iot:RegisterCertificateWithoutCA has no resource type in the reference either:
+      // "*" is the only resource it can be granted on.
+      vendFn.addToRolePolicy(
+        new iam.PolicyStatement({
+          sid: 'RegisterPrivateCaCertificate',
+          actions: ['iot:RegisterCertificateWithoutCA'],
+          resources: ['*'],
+        }),
+      );
+    }
+    // The reference authorizes all of these against the certificate (resource type "cert"):
+    // AttachPolicy/DetachPolicy against their target, not the policy, and
+    // AttachThingPrincipal/DetachThingPrincipal against the principal, not the thing.
+    // IAM therefore cannot restrict which AWS IoT policy gets attached; the function
+    // attaches only the deployment's policy or one the enrollment record names from
+    // CVM_ALLOWED_POLICY_NAMES, never one the request names.
+    vendFn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'ManageVendedCertificates',
+        actions: [
+          'iot:UpdateCertificate',
+          'iot:DeleteCertificate',
+          'iot:AttachPolicy',
+          'iot:DetachPolicy',
+          'iot:AttachThingPrincipal',
+          'iot:DetachThingPrincipal',
+        ],
+        resources: [iotArn('cert', '*')],
+      }),
+    );
+    vendFn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'CreateThings',
+        actions: ['iot:CreateThing'],
+        resources: [iotArn('thing', '*')],
+      }),
+    );
+    if (!config.iotDataEndpoint || !config.iotCredentialsEndpoint) {
+      // Needed only when the endpoints are not given in the environment; the function asks
+      // once per execution environment. No resource type in the reference: "*" only.
+      vendFn.addToRolePolicy(
+        new iam.PolicyStatement({
+          sid: 'DiscoverIotEndpoints',
+          actions: ['iot:DescribeEndpoint'],
+          resources: ['*'],
+        }),
+      );
+    }
+    vendFn.node.addDependency(this.identity.policy);
+
+    if (config.certificateProvider) {
+      this.provider = new CertificateProvider(this, 'CertificateProvider', {
+        manifestPath: providerManifestPath,
+        providerName: config.certificateProviderName,
+        pcaArn: pcaArn as string,
+        pcaTemplateArn: config.pcaTemplateArn,
+        validityDays: config.validityDays,
+        cnPattern: config.cnPattern,
+        architecture: config.architecture,
+        reservedConcurrency: config.providerReservedConcurrency,
+        logRetention,
+      });
+    }
+
+    if (this.privateCa) {
+      // Nothing signs with the CA before it is active.
+      vendFn.node.addDependency(this.privateCa.activation);
+      this.provider?.lambda.function.node.addDependency(this.privateCa.activation);
+    }
+
+    this.api = new VendingApi(this, 'Api', {
+      vendFunction: vendFn,
+      throttleRateLimit: config.throttleRateLimit,
+      throttleBurstLimit: config.throttleBurstLimit,
+      logRetention,
+      domainName: config.domainName,
+      certificateArn: config.certificateArn,
+    });
+
+    this.monitoring = new Monitoring(this, 'Monitoring', {
+      stage: config.stage,
+      vendFunction: vendFn,
+      apiStage: this.api.stage,
+      providerFunction: this.provider?.lambda.function,
+      alarmTopicArn: config.alarmTopicArn,
+    });
+
+    acknowledgeFindings(this, config);
+
+    new CfnOutput(this, 'ApiUrl', {
+      description: 'Base URL of the vending API; devices POST to <url>v1/certificates',
+      value: this.api.url,
+    });
+    if (this.api.domain) {
+      new CfnOutput(this, 'ApiDomainTarget', {
+        description: `DNS target (CNAME or alias) for ${config.domainName}`,
+        value: this.api.domain.regionalDomainName,
+      });
+    }
+    new CfnOutput(this, 'TableName', {
+      description: 'Device table; set CVM_TABLE_NAME to this for cvm-admin',
+      value: this.table.tableName,
+    });
+    new CfnOutput(this, 'IotDataEndpoint', {
+      description: 'AWS IoT data endpoint handed to devices',
+      value:
+        config.iotDataEndpoint ??
+        'not configured: the vend function calls iot:DescribeEndpoint (aws iot describe-endpoint --endpoint-type iot:Data-ATS)',
+    });
+    new CfnOutput(this, 'IotCredentialsEndpoint', {
+      description: 'AWS IoT credentials-provider endpoint handed to devices',
+      value:
+        config.iotCredentialsEndpoint ??
+        'not configured: the vend function calls iot:DescribeEndpoint (aws iot describe-endpoint --endpoint-type iot:CredentialProvider)',
+    });
+    new CfnOutput(this, 'DevicePolicyName', { value: config.policyName });
+    new CfnOutput(this, 'RoleAliasName', { value: config.roleAliasName });
+    new CfnOutput(this, 'VendFunctionName', { value: vendFn.functionName });
+    if (pcaArn) {
+      new CfnOutput(this, 'PrivateCaArn', { value: pcaArn });
+    }
+    if (this.provider) {
+      new CfnOutput(this, 'CertificateProviderName', { value: config.certificateProviderName });
+    }
+    new CfnOutput(this, 'DashboardUrl', {
+      description: 'CloudWatch dashboard of this deployment',
+      value:
+        `https://${Aws.REGION}.console.aws.amazon.com/cloudwatch/home?region=${Aws.REGION}` +
+        `#dashboards:name=${this.monitoring.dashboard.dashboardName}`,
+    });
+  }
+}
