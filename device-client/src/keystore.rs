@@ -71,7 +71,7 @@ fn create_key_file(path: &Path) -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     let pem = pair.serialize_pem();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
+        crate::files::ensure_private_dir(dir)?;
     }
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);

@@ -146,9 +146,7 @@ export class Monitoring extends Construct {
     ];
 
     if (providerFunction) {
-      const providerLatencyP99 = cvmMetric(METRICS.providerLatency, 'p99', undefined, Duration.minutes(1)).with({
-        label: 'p99',
-      });
+      const providerLatencyP99 = cvmMetric(METRICS.providerLatency, 'p99', undefined, Duration.minutes(1));
       const providerErrors = cvmMetric(METRICS.providerErrors, 'Sum');
 
       this.addAlarm('ProviderLatencyP99', {
@@ -194,7 +192,7 @@ export class Monitoring extends Construct {
       widgets.push([
         new cloudwatch.GraphWidget({
           title: 'Certificate provider latency p99',
-          left: [providerLatencyP99],
+          left: [providerLatencyP99.with({ label: 'p99' })],
           leftYAxis: { label: 'ms', showUnits: false, min: 0 },
           leftAnnotations: [
             { value: PROVIDER_DEADLINE_MS, label: 'AWS IoT deadline', color: cloudwatch.Color.RED },

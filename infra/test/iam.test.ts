@@ -48,7 +48,7 @@ function vendStatements(context: Record<string, unknown>) {
 
 function providerStatements(context: Record<string, unknown>) {
   const { template } = synth(context);
-  const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'CertificateProviderProvider');
+  const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'CertificateProviderFunction');
   return { template, statements: bySid(statementsOfRole(template, roleOf(template, fn))) };
 }
 
@@ -129,7 +129,7 @@ describe('vend function IAM', () => {
 describe('certificate provider IAM', () => {
   it('grants only the three Private CA calls, on the CA', () => {
     const { template, statements } = providerStatements(CONFIGS.provider);
-    const logGroup = onlyLogicalId(template, 'AWS::Logs::LogGroup', 'CertificateProviderProviderLogGroup');
+    const logGroup = onlyLogicalId(template, 'AWS::Logs::LogGroup', 'CertificateProviderLogGroup');
     assert.deepEqual(statements, {
       WriteOwnLogs: allow(['logs:CreateLogStream', 'logs:PutLogEvents'], [`\${${logGroup}.Arn}`]),
       SignWithPrivateCa: allow(
@@ -141,7 +141,7 @@ describe('certificate provider IAM', () => {
 
   it('lets only AWS IoT invoke it, as this account’s certificate provider', () => {
     const { template } = synth(CONFIGS.provider);
-    const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'CertificateProviderProvider');
+    const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'CertificateProviderFunction');
     const permissions = template.findResources('AWS::Lambda::Permission', {
       Properties: { FunctionName: { 'Fn::GetAtt': [fn, 'Arn'] } },
     });
@@ -184,9 +184,9 @@ describe('every IAM policy of every configuration', () => {
 });
 
 /** Identity policies (roles, policies, managed policies) plus the AWS IoT device policy. */
-function collectAllStatements(json: { Resources: Record<string, { Type: string; Properties: any }> }): Statement[] {
+function collectAllStatements(json: { [key: string]: any }): Statement[] {
   const raw: Record<string, unknown>[] = [];
-  for (const resource of Object.values(json.Resources)) {
+  for (const resource of Object.values(json.Resources as Record<string, { Type: string; Properties?: any }>)) {
     const p = resource.Properties ?? {};
     switch (resource.Type) {
       case 'AWS::IAM::Policy':

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Starts the local stack: moto's server (patched, see stack.py) and the vend service over
+# HTTPS, both on 127.0.0.1, and writes .local/env. `down.sh` stops exactly these processes.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+LOCAL="$ROOT/.local"
+PY="$LOCAL/venv/bin/python"
+STACK="$ROOT/tests/local-stack/stack.py"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+if alive "$LOCAL/moto.pid" && alive "$LOCAL/vend.pid"; then
+  echo "local stack already up (see .local/env)"; exit 0
+fi
+"$ROOT/tests/local-stack/down.sh" >/dev/null 2>&1 || true
+
+"$ROOT/tests/local-stack/install.sh"
+echo "building the service, cvm-admin and cvm-device..."
+(cd "$ROOT" && cargo build --quiet -p vend-local -p cvm-admin -p cvm-device)
+
+"$PY" "$STACK" pki "$LOCAL/pki"
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MOTO_PORT=$(free_port)
+API_PORT=$(free_port)
+
+wait_for() { # description, command...
+  local what=$1; shift
+  for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "up: $what did not come up; see .local/*.log" >&2; "$ROOT/tests/local-stack/down.sh" >&2; exit 1
+}
+
+nohup "$PY" "$STACK" serve --port "$MOTO_PORT" --pki "$LOCAL/pki" >"$LOCAL/moto.log" 2>&1 &
+echo $! >"$LOCAL/moto.pid"
+wait_for "moto" curl -sf "http://127.0.0.1:$MOTO_PORT/moto-api/data.json"
+
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_EC2_METADATA_DISABLED=true
+TABLE=cvm-devices
+POLICY=cvm-device-default
+"$PY" "$STACK" provision --endpoint "$AWS_ENDPOINT_URL" --table "$TABLE" --policy "$POLICY"
+
+CVM_TABLE_NAME=$TABLE CVM_DEFAULT_POLICY_NAME=$POLICY \
+CVM_CA_CERTIFICATES_FILE="$LOCAL/pki/device-ca.pem" CVM_ROLE_ALIAS=cvm-device-role-alias \
+CVM_LOCAL_LISTEN="127.0.0.1:$API_PORT" \
+CVM_LOCAL_TLS_CERT="$LOCAL/pki/api-server.pem" CVM_LOCAL_TLS_KEY="$LOCAL/pki/api-server.key" \
+  nohup "$TARGET/vend-local" >"$LOCAL/vend.log" 2>&1 &
+echo $! >"$LOCAL/vend.pid"
+wait_for "the vend service" curl -s --cacert "$LOCAL/pki/api-ca.pem" -o /dev/null "https://127.0.0.1:$API_PORT/v1/certificates"
+
+cat >"$LOCAL/env" <<ENV
+AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
+AWS_REGION=$AWS_REGION
+AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
+AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+AWS_EC2_METADATA_DISABLED=true
+CVM_API_URL=https://127.0.0.1:$API_PORT
+CVM_API_CA=$LOCAL/pki/api-ca.pem
+CVM_DEVICE_CA=$LOCAL/pki/device-ca.pem
+CVM_TABLE_NAME=$TABLE
+CVM_DEFAULT_POLICY_NAME=$POLICY
+CVM_ADMIN=$TARGET/cvm-admin
+CVM_DEVICE=$TARGET/cvm-device
+ENV
+echo "local stack up: API https://127.0.0.1:$API_PORT, AWS at $AWS_ENDPOINT_URL (settings in .local/env)"
