@@ -1,0 +1,184 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use x509_cert::der::DecodePem;
+
+pub fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: start the local stack (make up) and export .local/env, or run make test")
+    })
+}
+
+/// One vend API under test: the `iot` issuer, and the `acm-pca` one where the stack has it.
+pub struct Api {
+    pub mode: &'static str,
+    pub url: String,
+    /// The CA the issued certificates chain to.
+    pub device_ca: PathBuf,
+}
+
+pub fn apis() -> Vec<Api> {
+    let mut apis = vec![Api {
+        mode: "iot",
+        url: env("CVM_API_URL"),
+        device_ca: env("CVM_DEVICE_CA").into(),
+    }];
+    if let (Ok(url), Ok(ca)) = (
+        std::env::var("CVM_PCA_API_URL"),
+        std::env::var("CVM_PCA_CA_CERT"),
+    ) {
+        apis.push(Api {
+            mode: "acm-pca",
+            url,
+            device_ca: ca.into(),
+        });
+    }
+    apis
+}
+
+pub fn http() -> reqwest::Client {
+    let ca = std::fs::read(env("CVM_API_CA")).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&ca).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// A serial no other test uses, so tests can share one stack and run in parallel.
+pub fn unique_serial(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Enrolls through the real admin CLI and returns the token.
+pub fn enroll(serial: &str, extra: &[&str]) -> String {
+    let out = Command::new(env("CVM_ADMIN"))
+        .args(["enroll", "--serial", serial, "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "enroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+pub fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub enum KeyType {
+    P256,
+    Rsa(u32),
+}
+
+/// A key and a CSR made by `openssl req -new`, as a device tool would.
+pub fn openssl_csr(dir: &Path, cn: &str, key: KeyType) -> (PathBuf, String) {
+    let key_path = dir.join(format!("{cn}-{}.key", std::process::id()));
+    let k = key_path.to_str().unwrap();
+    match key {
+        KeyType::P256 => openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            k,
+        ]),
+        KeyType::Rsa(bits) => openssl(&["genrsa", "-out", k, &bits.to_string()]),
+    };
+    let csr = openssl(&["req", "-new", "-key", k, "-subj", &format!("/CN={cn}")]);
+    (key_path, String::from_utf8(csr).unwrap())
+}
+
+pub fn rcgen_csr(cn: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+pub async fn post(client: &reqwest::Client, api: &Api, body: &serde_json::Value) -> (u16, Vec<u8>) {
+    post_raw(client, api, body.to_string()).await
+}
+
+pub async fn post_raw(client: &reqwest::Client, api: &Api, body: String) -> (u16, Vec<u8>) {
+    let r = client
+        .post(format!("{}/v1/certificates", api.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(bytes)))
+}
+
+pub async fn iot() -> aws_sdk_iot::Client {
+    aws_sdk_iot::Client::new(&cvm_aws::load_sdk_config().await)
+}
+
+/// Every certificate in IoT whose subject CN is `cn`, with its status.
+pub async fn certificates_for(iot: &aws_sdk_iot::Client, cn: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut marker = None;
+    loop {
+        let page = iot
+            .list_certificates()
+            .set_marker(marker.clone())
+            .page_size(250)
+            .send()
+            .await
+            .unwrap();
+        for c in page.certificates() {
+            let id = c.certificate_id().unwrap();
+            let d = iot
+                .describe_certificate()
+                .certificate_id(id)
+                .send()
+                .await
+                .unwrap();
+            let desc = d.certificate_description().unwrap();
+            let pem = desc.certificate_pem().unwrap();
+            let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).unwrap();
+            let subject_cn = cert
+                .tbs_certificate()
+                .subject()
+                .common_name()
+                .unwrap()
+                .map(|s| s.value().into_owned());
+            if subject_cn.as_deref() == Some(cn) {
+                found.push((id.to_owned(), desc.status().unwrap().as_str().to_owned()));
+            }
+        }
+        marker = page.next_marker().map(str::to_owned);
+        if marker.is_none() {
+            return found;
+        }
+    }
+}
