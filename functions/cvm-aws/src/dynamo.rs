@@ -30,7 +30,11 @@ impl DynamoStore {
     }
 
     /// Marks a device revoked (used by the admin CLI after the certificate is deactivated).
-    pub async fn mark_revoked(&self, serial: &Serial, revoked_at: &str) -> Result<Written, PortError> {
+    pub async fn mark_revoked(
+        &self,
+        serial: &Serial,
+        revoked_at: &str,
+    ) -> Result<Written, PortError> {
         let result = self
             .client
             .update_item()
@@ -197,7 +201,8 @@ fn enrollment_item(record: &DeviceRecord) -> Item {
     item
 }
 
-const CLAIM_FIELDS: &str = "claimId, claimFingerprint, claimedAt, pendingCertificateId, pendingCertificateArn";
+const CLAIM_FIELDS: &str =
+    "claimId, claimFingerprint, claimedAt, pendingCertificateId, pendingCertificateArn";
 
 impl DeviceStore for DynamoStore {
     async fn get(&self, serial: &Serial) -> Result<Option<DeviceRecord>, PortError> {

@@ -38,8 +38,12 @@ impl CertificateIssuer for IotIssuer {
             .map_err(|e| port_error(OP, e))?;
         Ok(NewCertificate {
             certificate: CertificateRef {
-                id: out.certificate_id.ok_or_else(|| missing(OP, "certificateId"))?,
-                arn: out.certificate_arn.ok_or_else(|| missing(OP, "certificateArn"))?,
+                id: out
+                    .certificate_id
+                    .ok_or_else(|| missing(OP, "certificateId"))?,
+                arn: out
+                    .certificate_arn
+                    .ok_or_else(|| missing(OP, "certificateArn"))?,
             },
             certificate_pem: out
                 .certificate_pem
@@ -72,7 +76,10 @@ pub(crate) async fn set_status(
 }
 
 /// Deactivate, then delete. A certificate that is already gone counts as discarded.
-pub async fn discard_certificate(client: &Client, certificate: &CertificateRef) -> Result<(), PortError> {
+pub async fn discard_certificate(
+    client: &Client,
+    certificate: &CertificateRef,
+) -> Result<(), PortError> {
     match set_status(client, certificate, CertificateStatus::Inactive).await {
         Err(e) if e.kind == FailureKind::NotFound => return Ok(()),
         other => other?,
@@ -109,7 +116,11 @@ fn gone_is_ok(result: Result<(), PortError>) -> Result<(), PortError> {
 }
 
 impl ThingRegistry for IotRegistry {
-    async fn ensure_thing(&self, thing: &ThingName, attributes: &Attributes) -> Result<(), PortError> {
+    async fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &Attributes,
+    ) -> Result<(), PortError> {
         let mut payload = AttributePayload::builder();
         for (k, v) in attributes.iter() {
             payload = payload.attributes(k, v);
@@ -132,7 +143,11 @@ impl ThingRegistry for IotRegistry {
         }
     }
 
-    async fn attach_policy(&self, policy: &PolicyName, certificate: &CertificateRef) -> Result<(), PortError> {
+    async fn attach_policy(
+        &self,
+        policy: &PolicyName,
+        certificate: &CertificateRef,
+    ) -> Result<(), PortError> {
         self.client
             .attach_policy()
             .policy_name(policy.as_str())
@@ -143,7 +158,11 @@ impl ThingRegistry for IotRegistry {
         Ok(())
     }
 
-    async fn detach_policy(&self, policy: &PolicyName, certificate: &CertificateRef) -> Result<(), PortError> {
+    async fn detach_policy(
+        &self,
+        policy: &PolicyName,
+        certificate: &CertificateRef,
+    ) -> Result<(), PortError> {
         gone_is_ok(
             self.client
                 .detach_policy()
@@ -156,7 +175,11 @@ impl ThingRegistry for IotRegistry {
         )
     }
 
-    async fn attach_thing_principal(&self, thing: &ThingName, certificate: &CertificateRef) -> Result<(), PortError> {
+    async fn attach_thing_principal(
+        &self,
+        thing: &ThingName,
+        certificate: &CertificateRef,
+    ) -> Result<(), PortError> {
         self.client
             .attach_thing_principal()
             .thing_name(thing.as_str())
@@ -167,7 +190,11 @@ impl ThingRegistry for IotRegistry {
         Ok(())
     }
 
-    async fn detach_thing_principal(&self, thing: &ThingName, certificate: &CertificateRef) -> Result<(), PortError> {
+    async fn detach_thing_principal(
+        &self,
+        thing: &ThingName,
+        certificate: &CertificateRef,
+    ) -> Result<(), PortError> {
         gone_is_ok(
             self.client
                 .detach_thing_principal()
@@ -184,7 +211,10 @@ impl ThingRegistry for IotRegistry {
 /// The account's ATS data endpoint and credentials-provider endpoint, asked concurrently.
 pub async fn describe_endpoints(client: &Client) -> Result<Endpoints, PortError> {
     let (data, credentials) = tokio::join!(
-        client.describe_endpoint().endpoint_type("iot:Data-ATS").send(),
+        client
+            .describe_endpoint()
+            .endpoint_type("iot:Data-ATS")
+            .send(),
         client
             .describe_endpoint()
             .endpoint_type("iot:CredentialProvider")

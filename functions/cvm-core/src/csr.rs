@@ -213,8 +213,10 @@ fn key_kind(spki: &x509_cert::spki::SubjectPublicKeyInfoOwned) -> Result<KeyKind
         };
     }
     if oid == RSA_ENCRYPTION {
-        let key = pkcs1::RsaPublicKey::<der::asn1::UintRef<'_>>::from_der(spki.subject_public_key.raw_bytes())
-            .map_err(|e| CsrError::Malformed(format!("RSA public key: {e}")))?;
+        let key = pkcs1::RsaPublicKey::<der::asn1::UintRef<'_>>::from_der(
+            spki.subject_public_key.raw_bytes(),
+        )
+        .map_err(|e| CsrError::Malformed(format!("RSA public key: {e}")))?;
         let modulus = key.modulus.as_bytes();
         let bits = match modulus.iter().position(|b| *b != 0) {
             Some(i) => (modulus.len() - i) * 8 - modulus[i].leading_zeros() as usize,
@@ -310,19 +312,31 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_oversize() {
-        for bad in ["", "hello", "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----"] {
-            assert_eq!(Csr::parse_pem(bad).unwrap_err().code(), "csr_malformed", "{bad:?}");
+        for bad in [
+            "",
+            "hello",
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----",
+        ] {
+            assert_eq!(
+                Csr::parse_pem(bad).unwrap_err().code(),
+                "csr_malformed",
+                "{bad:?}"
+            );
         }
         let huge = "A".repeat(MAX_CSR_PEM_BYTES + 1);
         assert_eq!(Csr::parse_pem(&huge).unwrap_err(), CsrError::TooLarge);
         // A certificate is not a request.
         let not_csr = fixture("p256.csr.pem").replace("CERTIFICATE REQUEST", "CERTIFICATE");
-        assert_eq!(Csr::parse_pem(&not_csr).unwrap_err().code(), "csr_malformed");
+        assert_eq!(
+            Csr::parse_pem(&not_csr).unwrap_err().code(),
+            "csr_malformed"
+        );
     }
 
     #[test]
     fn legacy_label_is_accepted() {
-        let legacy = fixture("p256.csr.pem").replace("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST");
+        let legacy =
+            fixture("p256.csr.pem").replace("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST");
         assert!(Csr::parse_pem(&legacy).is_ok());
     }
 
@@ -334,12 +348,16 @@ mod tests {
         let pem = fixture("p256.csr.pem");
         let original = Csr::parse_pem(&pem).unwrap();
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
         for i in 0..der.len() {
             let mut d = der.clone();
             d[i] ^= 0x01;
             let b64 = base64::engine::general_purpose::STANDARD.encode(&d);
-            let p = format!("-----BEGIN CERTIFICATE REQUEST-----\n{b64}\n-----END CERTIFICATE REQUEST-----\n");
+            let p = format!(
+                "-----BEGIN CERTIFICATE REQUEST-----\n{b64}\n-----END CERTIFICATE REQUEST-----\n"
+            );
             if let Ok(csr) = Csr::parse_pem(&p) {
                 assert_eq!(csr.fingerprint(), original.fingerprint(), "byte {i}");
                 assert_eq!(csr.common_name(), original.common_name(), "byte {i}");

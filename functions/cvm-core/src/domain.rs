@@ -145,7 +145,9 @@ impl Attributes {
                 )));
             }
             if map.insert(name.clone(), value).is_some() {
-                return Err(DomainError::InvalidAttribute(format!("{name:?} given twice")));
+                return Err(DomainError::InvalidAttribute(format!(
+                    "{name:?} given twice"
+                )));
             }
         }
         if map.len() > Self::MAX {
@@ -260,7 +262,11 @@ mod tests {
     fn serial_rules() {
         assert!(Serial::parse("ZK-1234:ab_C").is_ok());
         for bad in ["", "has space", "slash/", "é", &"a".repeat(129)] {
-            assert_eq!(Serial::parse(bad), Err(DomainError::InvalidSerial), "{bad:?}");
+            assert_eq!(
+                Serial::parse(bad),
+                Err(DomainError::InvalidSerial),
+                "{bad:?}"
+            );
         }
         assert!(Serial::parse(&"a".repeat(128)).is_ok());
     }
@@ -271,10 +277,18 @@ mod tests {
         assert_eq!(t.expose_secret().len(), 32);
         assert!(Token::parse(t.expose_secret()).is_ok());
         assert!(!format!("{t:?}").contains(t.expose_secret()));
-        for bad in ["short", "has space in it but long", &"a".repeat(129), "aaaaaaaaaaaaaaaa+"] {
+        for bad in [
+            "short",
+            "has space in it but long",
+            &"a".repeat(129),
+            "aaaaaaaaaaaaaaaa+",
+        ] {
             assert!(Token::parse(bad).is_err(), "{bad:?}");
         }
-        assert_ne!(Token::generate().unwrap().expose_secret(), t.expose_secret());
+        assert_ne!(
+            Token::generate().unwrap().expose_secret(),
+            t.expose_secret()
+        );
     }
 
     #[test]

@@ -90,7 +90,10 @@ pub trait DeviceStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<DeviceRecord>, PortError>> + Send;
 
     /// Create a new enrollment unless the serial exists.
-    fn create(&self, record: &DeviceRecord) -> impl Future<Output = Result<Written, PortError>> + Send;
+    fn create(
+        &self,
+        record: &DeviceRecord,
+    ) -> impl Future<Output = Result<Written, PortError>> + Send;
 
     /// Atomically count a wrong token; returns the new count.
     fn record_failed_attempt(

@@ -91,11 +91,7 @@ impl MemoryStore {
         ids
     }
 
-    fn update(
-        &self,
-        serial: &Serial,
-        f: impl FnOnce(&mut DeviceRecord) -> bool,
-    ) -> Written {
+    fn update(&self, serial: &Serial, f: impl FnOnce(&mut DeviceRecord) -> bool) -> Written {
         let mut records = self.records.lock().unwrap();
         match records.get_mut(serial) {
             Some(r) => {
@@ -356,7 +352,11 @@ impl CertificateIssuer for FakeIot {
 }
 
 impl ThingRegistry for FakeIot {
-    async fn ensure_thing(&self, thing: &ThingName, attributes: &Attributes) -> Result<(), PortError> {
+    async fn ensure_thing(
+        &self,
+        thing: &ThingName,
+        attributes: &Attributes,
+    ) -> Result<(), PortError> {
         self.faults.check("registry.ensure_thing")?;
         self.state
             .lock()
@@ -375,7 +375,10 @@ impl ThingRegistry for FakeIot {
         self.faults.check("registry.attach_policy")?;
         let mut state = self.state.lock().unwrap();
         if !state.certificates.contains_key(&certificate.id) {
-            return Err(PortError::new(FailureKind::NotFound, "registry.attach_policy"));
+            return Err(PortError::new(
+                FailureKind::NotFound,
+                "registry.attach_policy",
+            ));
         }
         state
             .policy_attachments
@@ -404,8 +407,13 @@ impl ThingRegistry for FakeIot {
     ) -> Result<(), PortError> {
         self.faults.check("registry.attach_thing_principal")?;
         let mut state = self.state.lock().unwrap();
-        if !state.things.contains_key(thing.as_str()) || !state.certificates.contains_key(&certificate.id) {
-            return Err(PortError::new(FailureKind::NotFound, "registry.attach_thing_principal"));
+        if !state.things.contains_key(thing.as_str())
+            || !state.certificates.contains_key(&certificate.id)
+        {
+            return Err(PortError::new(
+                FailureKind::NotFound,
+                "registry.attach_thing_principal",
+            ));
         }
         state
             .thing_principals

@@ -151,7 +151,13 @@ pub struct Vendor<S, I, R> {
 
 impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
     pub fn new(store: S, issuer: I, registry: R, config: VendConfig) -> Self {
-        Self::with_clock(store, issuer, registry, config, Arc::new(OffsetDateTime::now_utc))
+        Self::with_clock(
+            store,
+            issuer,
+            registry,
+            config,
+            Arc::new(OffsetDateTime::now_utc),
+        )
     }
 
     pub fn with_clock(store: S, issuer: I, registry: R, config: VendConfig, clock: Clock) -> Self {
@@ -197,7 +203,9 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
             DeviceStatus::Issued(issued) => {
                 if &issued.fingerprint == request.csr.fingerprint() {
                     info!(certificate_id = %issued.certificate.id, "replayed");
-                    return Ok(VendOutcome::Replayed(self.delivery(&record, issued.clone())));
+                    return Ok(VendOutcome::Replayed(
+                        self.delivery(&record, issued.clone()),
+                    ));
                 }
                 return Err(VendError::AlreadyIssued);
             }
@@ -279,7 +287,9 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         info!(certificate_id = %certificate.id, "certificate created (inactive)");
 
         if let Err(e) = thing {
-            return Err(self.fail_and_undo(record, &certificate, unavailable(e)).await);
+            return Err(self
+                .fail_and_undo(record, &certificate, unavailable(e))
+                .await);
         }
         match request.csr.is_certified_by(&certificate_pem) {
             Ok(true) => {}
@@ -290,7 +300,9 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
                 return Err(self.fail_and_undo(record, &certificate, err).await);
             }
             Err(e) => {
-                let err = VendError::Internal(format!("the issuer returned an unreadable certificate: {e}"));
+                let err = VendError::Internal(format!(
+                    "the issuer returned an unreadable certificate: {e}"
+                ));
                 return Err(self.fail_and_undo(record, &certificate, err).await);
             }
         }
@@ -311,7 +323,9 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         }
 
         if let Err(e) = self.issuer.activate(&certificate).await {
-            return Err(self.fail_and_undo(record, &certificate, unavailable(e)).await);
+            return Err(self
+                .fail_and_undo(record, &certificate, unavailable(e))
+                .await);
         }
 
         let issued = IssuedCertificate {
@@ -354,7 +368,11 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
     }
 
     /// Remove a certificate and its attachments. Each step accepts "already gone".
-    async fn undo(&self, record: &DeviceRecord, certificate: &CertificateRef) -> Result<(), PortError> {
+    async fn undo(
+        &self,
+        record: &DeviceRecord,
+        certificate: &CertificateRef,
+    ) -> Result<(), PortError> {
         let policy = self.policy_for(record);
         let (p, t) = tokio::join!(
             self.registry.detach_policy(&policy, certificate),
@@ -375,7 +393,11 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         }
         match self.store.record_failed_attempt(&record.serial).await {
             Ok(n) if n >= self.config.max_failed_attempts => {
-                warn!(failed_attempts = n, lockout = true, "serial locked after repeated wrong tokens");
+                warn!(
+                    failed_attempts = n,
+                    lockout = true,
+                    "serial locked after repeated wrong tokens"
+                );
             }
             Ok(n) => info!(reason = "wrong token", failed_attempts = n, "refused"),
             Err(e) => warn!(error = %e, "could not count a wrong token"),
@@ -429,5 +451,6 @@ fn new_claim_id() -> Result<String, VendError> {
 
 pub fn rfc3339(t: OffsetDateTime) -> String {
     // Formatting a valid OffsetDateTime as RFC 3339 only fails for years outside 0..=9999.
-    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }

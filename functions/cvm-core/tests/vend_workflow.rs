@@ -75,7 +75,9 @@ async fn harness(serial: &str, thing: Option<&str>) -> Harness {
 fn csr_for(cn: &str) -> (String, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     (params.serialize_request(&key).unwrap().pem().unwrap(), key)
 }
 
@@ -98,7 +100,9 @@ async fn issues_attaches_and_records() {
     let h = harness("SN-1", None).await;
     let (csr, _) = csr_for("SN-1");
     let out = h.vendor.vend(&request("SN-1", TOKEN, &csr)).await.unwrap();
-    let VendOutcome::Issued(d) = out else { panic!("expected Issued") };
+    let VendOutcome::Issued(d) = out else {
+        panic!("expected Issued")
+    };
     let parsed = Csr::parse_pem(&csr).unwrap();
     assert!(parsed.is_certified_by(&d.issued.certificate_pem).unwrap());
     assert_eq!(d.thing_name.as_str(), "SN-1");
@@ -130,7 +134,11 @@ async fn replay_same_key_returns_same_certificate_other_key_conflicts() {
     let again = h.vendor.vend(&request("SN-2", TOKEN, &csr)).await.unwrap();
     assert!(matches!(&again, VendOutcome::Replayed(d) if d == &first));
     let (other, _) = csr_for("SN-2");
-    let err = h.vendor.vend(&request("SN-2", TOKEN, &other)).await.unwrap_err();
+    let err = h
+        .vendor
+        .vend(&request("SN-2", TOKEN, &other))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "already_issued");
     assert_eq!(h.iot.state.lock().unwrap().created, 1);
 }
@@ -159,7 +167,11 @@ async fn unknown_serial_and_wrong_token_are_one_answer_and_lock() {
             .await;
     }
     // Three wrong tokens: locked, even for the right one; nothing was issued.
-    let locked = h.vendor.vend(&request("SN-3", TOKEN, &csr)).await.unwrap_err();
+    let locked = h
+        .vendor
+        .vend(&request("SN-3", TOKEN, &csr))
+        .await
+        .unwrap_err();
     assert_eq!(locked.code(), "enrollment_locked");
     // Past the lock, a wrong token still gets the generic answer.
     let wrong = h
@@ -180,7 +192,11 @@ async fn subject_must_be_serial_or_thing_name() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "csr_subject_not_allowed");
-    let ok = h.vendor.vend(&request("SN-4", TOKEN, &csr_for("kiln-4").0)).await.unwrap();
+    let ok = h
+        .vendor
+        .vend(&request("SN-4", TOKEN, &csr_for("kiln-4").0))
+        .await
+        .unwrap();
     assert_eq!(delivery(ok).thing_name.as_str(), "kiln-4");
 }
 
@@ -196,16 +212,34 @@ async fn a_failure_at_every_step_loses_nothing_and_a_retry_succeeds() {
                 &h.iot.faults
             };
             faults.fail_next(op, kind);
-            let err = h.vendor.vend(&request("SN-5", TOKEN, &csr)).await.unwrap_err();
-            let expected = if kind == FailureKind::Throttled { "service_busy" } else { "service_unavailable" };
+            let err = h
+                .vendor
+                .vend(&request("SN-5", TOKEN, &csr))
+                .await
+                .unwrap_err();
+            let expected = if kind == FailureKind::Throttled {
+                "service_busy"
+            } else {
+                "service_unavailable"
+            };
             assert_eq!(err.code(), expected, "{op}");
-            assert!(h.iot.active_unknown_to(&h.store).is_empty(), "{op}: unknown active certificate");
+            assert!(
+                h.iot.active_unknown_to(&h.store).is_empty(),
+                "{op}: unknown active certificate"
+            );
             assert_eq!(h.iot.certificate_count(), 0, "{op}: leftover certificate");
             let record = h.store.record(&Serial::parse("SN-5").unwrap()).unwrap();
-            assert_eq!(record.status, DeviceStatus::Enrolled, "{op}: token not usable again");
+            assert_eq!(
+                record.status,
+                DeviceStatus::Enrolled,
+                "{op}: token not usable again"
+            );
 
             let ok = h.vendor.vend(&request("SN-5", TOKEN, &csr)).await;
-            assert!(matches!(ok, Ok(VendOutcome::Issued(_))), "{op}: retry failed: {ok:?}");
+            assert!(
+                matches!(ok, Ok(VendOutcome::Issued(_))),
+                "{op}: retry failed: {ok:?}"
+            );
             assert_eq!(h.iot.active_count(), 1, "{op}");
             assert_eq!(h.iot.certificate_count(), 1, "{op}");
         }
@@ -218,17 +252,31 @@ async fn a_vend_that_dies_half_way_is_cleaned_up_by_the_next_after_the_lease() {
     // function had been killed): the table still knows the certificate as pending.
     let h = harness("SN-6", None).await;
     let (csr, _) = csr_for("SN-6");
-    h.store.faults.fail_next("store.complete", FailureKind::Unavailable);
-    h.iot.faults.fail_next("registry.detach_policy", FailureKind::Unavailable);
-    let err = h.vendor.vend(&request("SN-6", TOKEN, &csr)).await.unwrap_err();
+    h.store
+        .faults
+        .fail_next("store.complete", FailureKind::Unavailable);
+    h.iot
+        .faults
+        .fail_next("registry.detach_policy", FailureKind::Unavailable);
+    let err = h
+        .vendor
+        .vend(&request("SN-6", TOKEN, &csr))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "service_unavailable");
     assert!(h.iot.active_unknown_to(&h.store).is_empty());
     let record = h.store.record(&Serial::parse("SN-6").unwrap()).unwrap();
-    let DeviceStatus::Claimed(claim) = &record.status else { panic!("expected Claimed") };
+    let DeviceStatus::Claimed(claim) = &record.status else {
+        panic!("expected Claimed")
+    };
     let stale = claim.pending.clone().unwrap();
 
     // Within the lease: in progress, with a Retry-After.
-    let busy = h.vendor.vend(&request("SN-6", TOKEN, &csr)).await.unwrap_err();
+    let busy = h
+        .vendor
+        .vend(&request("SN-6", TOKEN, &csr))
+        .await
+        .unwrap_err();
     assert!(matches!(busy, VendError::InProgress { retry_after } if retry_after.as_secs() >= 1));
 
     // After the lease: the stale certificate is removed and a new one issued.
@@ -244,7 +292,11 @@ async fn a_certificate_for_another_key_is_never_delivered() {
     let h = harness("SN-7", None).await;
     *h.iot.certify_wrong_key.lock().unwrap() = true;
     let (csr, _) = csr_for("SN-7");
-    let err = h.vendor.vend(&request("SN-7", TOKEN, &csr)).await.unwrap_err();
+    let err = h
+        .vendor
+        .vend(&request("SN-7", TOKEN, &csr))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "internal_error");
     assert_eq!(h.iot.certificate_count(), 0);
     *h.iot.certify_wrong_key.lock().unwrap() = false;
@@ -258,7 +310,9 @@ async fn twenty_concurrent_vends_issue_exactly_one_certificate() {
     for _ in 0..20 {
         let vendor = h.vendor.clone();
         let (csr, _) = csr_for("SN-8");
-        tasks.push(tokio::spawn(async move { vendor.vend(&request("SN-8", TOKEN, &csr)).await }));
+        tasks.push(tokio::spawn(async move {
+            vendor.vend(&request("SN-8", TOKEN, &csr)).await
+        }));
     }
     let mut issued = 0;
     for t in tasks {
@@ -284,10 +338,15 @@ async fn revoked_devices_get_nothing() {
     // Mark revoked through a fresh record (the admin path does this in the table).
     let serial = Serial::parse("SN-9").unwrap();
     let mut record = h.store.record(&serial).unwrap();
-    record.status = DeviceStatus::Revoked { revoked_at: "now".into() };
+    record.status = DeviceStatus::Revoked {
+        revoked_at: "now".into(),
+    };
     let store = MemoryStore::default();
     store.create(&record).await.unwrap();
     let vendor = Vendor::new(store, h.iot.clone(), h.iot.clone(), config());
-    let err = vendor.vend(&request("SN-9", TOKEN, &csr)).await.unwrap_err();
+    let err = vendor
+        .vend(&request("SN-9", TOKEN, &csr))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "device_revoked");
 }

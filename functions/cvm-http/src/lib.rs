@@ -141,8 +141,9 @@ where
     );
     api.metrics.vend(outcome, throttled, elapsed);
     let mut response = response;
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     response
 }

@@ -55,8 +55,13 @@ async fn app() -> (axum::Router, FakeIot) {
 fn csr(cn: &str) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
-    (params.serialize_request(&key).unwrap().pem().unwrap(), key.serialize_pem())
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    (
+        params.serialize_request(&key).unwrap().pem().unwrap(),
+        key.serialize_pem(),
+    )
 }
 
 fn fixture(name: &str) -> String {
@@ -67,7 +72,12 @@ fn fixture(name: &str) -> String {
     .unwrap()
 }
 
-async fn call(app: &axum::Router, method: &str, path: &str, body: impl Into<Body>) -> (StatusCode, Vec<u8>, Option<String>) {
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, Vec<u8>, Option<String>) {
     let response = app
         .clone()
         .oneshot(
@@ -98,21 +108,45 @@ async fn post(app: &axum::Router, body: serde_json::Value) -> (StatusCode, serde
 async fn vend_then_replay_then_conflict() {
     let (app, _) = app().await;
     let (pem, _) = csr("SN-100");
-    let (status, first) = post(&app, serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": pem})).await;
+    let (status, first) = post(
+        &app,
+        serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": pem}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
-    for field in ["thingName", "certificateId", "certificateArn", "certificatePem", "policyName", "publicKeyFingerprint", "issuedAt", "roleAlias"] {
+    for field in [
+        "thingName",
+        "certificateId",
+        "certificateArn",
+        "certificatePem",
+        "policyName",
+        "publicKeyFingerprint",
+        "issuedAt",
+        "roleAlias",
+    ] {
         assert!(first[field].is_string(), "{field} missing: {first}");
     }
     assert_eq!(first["endpoints"]["data"], "data.example");
     assert_eq!(first["endpoints"]["credentials"], "creds.example");
-    assert!(first["caCertificates"][0].as_str().unwrap().contains("BEGIN CERTIFICATE"));
+    assert!(first["caCertificates"][0]
+        .as_str()
+        .unwrap()
+        .contains("BEGIN CERTIFICATE"));
 
-    let (status, again) = post(&app, serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": pem})).await;
+    let (status, again) = post(
+        &app,
+        serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": pem}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["certificateId"], first["certificateId"]);
 
     let (other, _) = csr("SN-100");
-    let (status, body) = post(&app, serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": other})).await;
+    let (status, body) = post(
+        &app,
+        serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": other}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["code"], "already_issued");
 }
@@ -153,17 +187,31 @@ async fn each_bad_input_has_its_own_code() {
     for (body, status, code) in cases {
         let (s, bytes, _) = call(&app, "POST", "/v1/certificates", body.clone()).await;
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!((s, v["code"].as_str().unwrap()), (status, code), "body {:.80}", body);
+        assert_eq!(
+            (s, v["code"].as_str().unwrap()),
+            (status, code),
+            "body {:.80}",
+            body
+        );
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
         assert!(!String::from_utf8_lossy(&bytes).contains(TOKEN));
     }
-    assert_eq!(iot.state.lock().unwrap().created, 0, "nothing may be issued for bad input");
+    assert_eq!(
+        iot.state.lock().unwrap().created,
+        0,
+        "nothing may be issued for bad input"
+    );
 
     let (s, bytes, _) = call(&app, "GET", "/v1/certificates", Body::empty()).await;
     assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
     assert!(String::from_utf8_lossy(&bytes).contains("method_not_allowed"));
     let (s, bytes, _) = call(&app, "POST", "/v1/certificates?token=x", Body::empty()).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&bytes));
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let (s, bytes, _) = call(&app, "POST", "/admin", Body::empty()).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert!(String::from_utf8_lossy(&bytes).contains("not_found"));
@@ -172,14 +220,19 @@ async fn each_bad_input_has_its_own_code() {
 #[tokio::test]
 async fn upstream_throttling_is_503_with_retry_after() {
     let (app, iot) = app().await;
-    iot.faults.fail_next("issuer.issue", cvm_core::ports::FailureKind::Throttled);
+    iot.faults
+        .fail_next("issuer.issue", cvm_core::ports::FailureKind::Throttled);
     let body = serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": csr("SN-100").0});
     let (s, bytes, retry_after) = call(&app, "POST", "/v1/certificates", body.to_string()).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert!(String::from_utf8_lossy(&bytes).contains("service_busy"));
     assert_eq!(retry_after.as_deref(), Some("2"));
     let (s, _, _) = call(&app, "POST", "/v1/certificates", body.to_string()).await;
-    assert_eq!(s, StatusCode::CREATED, "the token stays usable after a failure");
+    assert_eq!(
+        s,
+        StatusCode::CREATED,
+        "the token stays usable after a failure"
+    );
 }
 
 #[derive(Clone, Default)]
@@ -207,7 +260,10 @@ fn logs_of_a_full_vend_hold_no_token_and_no_key() {
         .with_writer(move || sink.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (pem, key_pem) = csr("SN-100");
     runtime.block_on(async {
         let (app, iot) = app().await;
@@ -224,12 +280,25 @@ fn logs_of_a_full_vend_hold_no_token_and_no_key() {
         assert_eq!(s, StatusCode::OK);
     });
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("\"outcome\":\"issued\""), "the vend was logged: {logs}");
+    assert!(
+        logs.contains("\"outcome\":\"issued\""),
+        "the vend was logged: {logs}"
+    );
     assert!(logs.contains("SN-100"));
-    for secret in [TOKEN, "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", &Token::parse(TOKEN).unwrap().hash().to_hex()] {
-        assert!(!logs.contains(secret), "a token (or its hash) is in the logs");
+    for secret in [
+        TOKEN,
+        "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+        &Token::parse(TOKEN).unwrap().hash().to_hex(),
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "a token (or its hash) is in the logs"
+        );
     }
-    let key_body: String = key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let key_body: String = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
     assert!(!logs.contains("PRIVATE KEY"));
     assert!(!logs.contains(&key_body[..40]));
 }
