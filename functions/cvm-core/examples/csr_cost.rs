@@ -23,10 +23,21 @@ fn main() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
     let data = [0u8; 1024];
     let reference = per_op(20_000, || {
-        black_box(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, black_box(&data)));
+        black_box(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            black_box(&data),
+        ));
     });
-    println!("{:<28} {:>10} {:>12}", "operation", "per op", "x sha256(1K)");
-    println!("{:<28} {:>8.1}us {:>12.1}", "sha256 of 1 KiB", reference.as_secs_f64() * 1e6, 1.0);
+    println!(
+        "{:<28} {:>10} {:>12}",
+        "operation", "per op", "x sha256(1K)"
+    );
+    println!(
+        "{:<28} {:>8.1}us {:>12.1}",
+        "sha256 of 1 KiB",
+        reference.as_secs_f64() * 1e6,
+        1.0
+    );
     for file in ["p256.csr.pem", "p384.csr.pem", "rsa2048.csr.pem"] {
         let pem = std::fs::read_to_string(format!("{dir}/{file}")).unwrap();
         let t = per_op(2_000, || {

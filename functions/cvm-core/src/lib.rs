@@ -9,6 +9,7 @@
 pub mod csr;
 pub mod domain;
 pub mod ports;
+pub mod provider;
 pub mod record;
 pub mod vend;
 

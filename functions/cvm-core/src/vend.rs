@@ -179,8 +179,10 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         let serial = &request.serial;
         let record = self.store.get(serial).await.map_err(unavailable)?;
         let Some(record) = record else {
-            // Same work as a wrong token, so timing does not tell unknown serials apart.
+            // The same work as a wrong token (a hash comparison and a conditional write that
+            // fails here), so neither the answer nor its timing tells unknown serials apart.
             let _ = TokenHash::placeholder().matches(&request.token);
+            let _ = self.store.record_failed_attempt(serial).await;
             info!(reason = "unknown serial", "refused");
             return Err(VendError::InvalidCredentials);
         };
@@ -387,19 +389,21 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
     }
 
     async fn count_failed_attempt(&self, record: &DeviceRecord) {
-        if record.failed_attempts >= self.config.max_failed_attempts {
-            info!(reason = "wrong token", locked = true, "refused");
-            return;
-        }
+        // Counted even when already locked, so a locked serial answers as fast as any other.
         match self.store.record_failed_attempt(&record.serial).await {
-            Ok(n) if n >= self.config.max_failed_attempts => {
+            Ok(n) if n == self.config.max_failed_attempts => {
                 warn!(
                     failed_attempts = n,
                     lockout = true,
                     "serial locked after repeated wrong tokens"
                 );
             }
-            Ok(n) => info!(reason = "wrong token", failed_attempts = n, "refused"),
+            Ok(n) => info!(
+                reason = "wrong token",
+                failed_attempts = n,
+                locked = n >= self.config.max_failed_attempts,
+                "refused"
+            ),
             Err(e) => warn!(error = %e, "could not count a wrong token"),
         }
     }
