@@ -1,4 +1,5 @@
-//! A PKCS#10 CSR signed inside the key store.
+//! A PKCS#10 CSR signed inside the key store, and the encodings the store's raw values need
+//! (SubjectPublicKeyInfo, DER ECDSA signatures) shared with the TLS client key.
 
 use p256::ecdsa::Signature;
 use rcgen::{CertificateParams, DnType, PublicKeyData, SignatureAlgorithm, SigningKey};
@@ -13,6 +14,18 @@ struct StoreSigner<'a> {
     public_key: [u8; 65],
 }
 
+/// A bare P-256 public point, for the encodings rcgen knows.
+struct Point<'a>(&'a [u8; 65]);
+
+impl PublicKeyData for Point<'_> {
+    fn der_bytes(&self) -> &[u8] {
+        self.0
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
 impl PublicKeyData for StoreSigner<'_> {
     fn der_bytes(&self) -> &[u8] {
         &self.public_key
@@ -24,14 +37,24 @@ impl PublicKeyData for StoreSigner<'_> {
 
 impl SigningKey for StoreSigner<'_> {
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let digest: [u8; 32] = Sha256::digest(msg).into();
-        let raw = self
-            .store
-            .sign_digest(&digest)
-            .map_err(|_| rcgen::Error::RemoteKeyError)?;
-        let sig = Signature::from_slice(&raw).map_err(|_| rcgen::Error::RemoteKeyError)?;
-        Ok(sig.to_der().as_bytes().to_vec())
+        sign_message(self.store, msg).map_err(|_| rcgen::Error::RemoteKeyError)
     }
+}
+
+/// ECDSA P-256 with SHA-256 over `message`, by the store, DER-encoded (X.509, PKCS#10 and
+/// TLS all want DER; the stores give `r || s`).
+pub fn sign_message(store: &dyn KeyStore, message: &[u8]) -> Result<Vec<u8>, KeyStoreError> {
+    let digest: [u8; 32] = Sha256::digest(message).into();
+    let raw = store.sign_digest(&digest)?;
+    let signature = Signature::from_slice(&raw).map_err(|_| {
+        KeyStoreError::Signing("the key store returned an invalid signature".into())
+    })?;
+    Ok(signature.to_der().as_bytes().to_vec())
+}
+
+/// The DER SubjectPublicKeyInfo of a P-256 point.
+pub fn spki_der(public_key: &[u8; 65]) -> Vec<u8> {
+    Point(public_key).subject_public_key_info()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +74,9 @@ pub fn build_csr(store: &dyn KeyStore, common_name: &str) -> Result<String, CsrE
     let mut params =
         CertificateParams::new(Vec::<String>::new()).map_err(|e| CsrError::Build(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     let csr = params
         .serialize_request(&signer)
         .map_err(|e| CsrError::Build(e.to_string()))?;
@@ -61,11 +86,7 @@ pub fn build_csr(store: &dyn KeyStore, common_name: &str) -> Result<String, CsrE
 /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the same fingerprint the server
 /// records, so a device can tell whether a stored certificate is for its key.
 pub fn key_fingerprint(store: &dyn KeyStore) -> Result<String, KeyStoreError> {
-    let signer = StoreSigner {
-        store,
-        public_key: store.public_key()?,
-    };
-    let spki = signer.subject_public_key_info();
+    let spki = spki_der(&store.public_key()?);
     Ok(Sha256::digest(&spki)
         .iter()
         .map(|b| format!("{b:02x}"))

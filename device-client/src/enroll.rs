@@ -1,15 +1,17 @@
 //! `enroll`: key, CSR, one HTTPS call, files. Safe to re-run after any interruption: the key
 //! is kept, so a retry after a lost response gets the same certificate back, and the
-//! metadata file that marks success is written last.
+//! metadata file that marks success is written last (and removed first when files change).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::csr::{build_csr, key_fingerprint, CsrError};
 use crate::files::{ensure_private_dir, write_atomic};
 use crate::keystore::{KeyStore, KeyStoreError};
+use crate::tls::{error_chain, one_line};
 
 pub const CERTIFICATE_FILE: &str = "certificate.pem";
 pub const CA_FILE: &str = "ca.pem";
@@ -19,11 +21,43 @@ pub struct EnrollOptions {
     /// Base URL of the vending API, e.g. `https://cvm.example.com`.
     pub url: String,
     pub serial: String,
-    pub token: String,
+    pub token: SecretString,
     /// PEM roots to trust for the API instead of the system's.
     pub ca: Option<PathBuf>,
     pub out: PathBuf,
     pub max_attempts: u32,
+    pub backoff: Backoff,
+}
+
+/// Waits between attempts when the server gives no Retry-After: `initial`, doubling, capped
+/// at `max`, each with up to 25% jitter so a fleet that lost power together does not retry
+/// together.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Backoff {
+    /// The wait after failed attempt number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(10);
+        let base = self.initial.saturating_mul(factor).min(self.max);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,7 +95,26 @@ pub struct Enrollment {
     pub policy_name: Option<String>,
     pub role_alias: Option<String>,
     pub issued_at: Option<String>,
+    /// The key store spec (`zymkey:0`, `pkcs11:...`, `file:...`) the certificate is for.
     pub key: String,
+}
+
+impl Enrollment {
+    /// The enrollment recorded in `dir`, if there is a complete one.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(METADATA_FILE);
+        let raw = std::fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                format!(
+                    "{} is missing: this device is not enrolled yet (run `cvm-device enroll`)",
+                    path.display()
+                )
+            } else {
+                format!("{}: {e}", path.display())
+            }
+        })?;
+        serde_json::from_slice(&raw).map_err(|e| format!("{}: {e}", path.display()))
+    }
 }
 
 #[derive(Debug)]
@@ -143,20 +196,49 @@ fn client(ca: Option<&Path>) -> Result<reqwest::Client, EnrollError> {
 }
 
 /// Whether an answer is worth asking again, and after how long.
-fn retry_delay(status: u16, code: &str, retry_after: Option<u64>, attempt: u32) -> Option<Duration> {
-    let transient = status == 429 || status >= 500 || (status == 409 && code == "enrollment_in_progress");
-    transient.then(|| retry_after.map(Duration::from_secs).unwrap_or_else(|| backoff(attempt)))
+fn retry_delay(
+    status: u16,
+    code: &str,
+    retry_after: Option<u64>,
+    attempt: u32,
+    backoff: &Backoff,
+) -> Option<Duration> {
+    let transient =
+        status == 429 || status >= 500 || (status == 409 && code == "enrollment_in_progress");
+    transient.then(|| {
+        retry_after
+            .map(Duration::from_secs)
+            .unwrap_or_else(|| backoff.delay(attempt))
+    })
 }
 
-/// Exponential backoff from 1 s, capped at 30 s, with up to 25% jitter so a fleet that lost
-/// power together does not retry together.
+/// Exponential backoff from 1 s, capped at 30 s, with up to 25% jitter.
 pub fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << attempt.min(5)).min(Duration::from_secs(30));
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    Backoff::default().delay(attempt)
+}
+
+/// One attempt's result: an answer (status, Retry-After, body) or a transport failure.
+async fn attempt(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, Option<u64>, String), String> {
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.min(300));
+    // A connection lost while the body arrives is as transient as one lost before.
+    let text = response.text().await.map_err(|e| error_chain(&e))?;
+    Ok((status, retry_after, text))
 }
 
 pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Outcome, EnrollError> {
@@ -169,41 +251,27 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
     let url = format!("{}/v1/certificates", options.url.trim_end_matches('/'));
     let body = serde_json::json!({
         "serial": options.serial,
-        "token": options.token,
+        "token": options.token.expose_secret(),
         "csr": csr,
     });
 
-    let mut attempt = 0;
+    let mut attempts = 0;
     let (status, response) = loop {
-        attempt += 1;
-        let last = attempt >= options.max_attempts.max(1);
-        let sent = client.post(&url).json(&body).send().await;
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) if !last => {
-                let wait = backoff(attempt);
-                eprintln!("cvm-device: {url} unreachable ({e}); retrying in {:.1} s", wait.as_secs_f64());
+        attempts += 1;
+        let last = attempts >= options.max_attempts.max(1);
+        let (status, retry_after, text) = match attempt(&client, &url, &body).await {
+            Ok(answer) => answer,
+            Err(message) if !last => {
+                let wait = options.backoff.delay(attempts);
+                eprintln!(
+                    "cvm-device: {url} unreachable ({message}); retrying in {:.1} s",
+                    wait.as_secs_f64()
+                );
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            Err(e) => {
-                return Err(EnrollError::Network {
-                    url,
-                    message: error_chain(&e),
-                })
-            }
+            Err(message) => return Err(EnrollError::Network { url, message }),
         };
-        let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| s.min(300));
-        let text = response.text().await.map_err(|e| EnrollError::Network {
-            url: url.clone(),
-            message: e.to_string(),
-        })?;
         if status == 200 || status == 201 {
             break (status, text);
         }
@@ -214,9 +282,13 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
             ),
             Err(_) => ("unknown".to_owned(), text.chars().take(200).collect()),
         };
-        match retry_delay(status, &code, retry_after, attempt) {
+        let (code, message) = (one_line(&code), one_line(&message));
+        match retry_delay(status, &code, retry_after, attempts, &options.backoff) {
             Some(wait) if !last => {
-                eprintln!("cvm-device: {code} ({status}); retrying in {:.1} s", wait.as_secs_f64());
+                eprintln!(
+                    "cvm-device: {code} ({status}); retrying in {:.1} s",
+                    wait.as_secs_f64()
+                );
                 tokio::time::sleep(wait).await;
             }
             _ => {
@@ -229,8 +301,13 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
         }
     };
 
-    let vended: VendResponse = serde_json::from_str(&response)
-        .map_err(|e| EnrollError::InvalidResponse(e.to_string()))?;
+    let vended: VendResponse =
+        serde_json::from_str(&response).map_err(|e| EnrollError::InvalidResponse(e.to_string()))?;
+    if !crate::tls::certificate_is_for(store, &vended.certificate_pem)? {
+        return Err(EnrollError::InvalidResponse(
+            "the certificate is not for this device's key".into(),
+        ));
+    }
     let enrollment = Enrollment {
         serial: options.serial.clone(),
         thing_name: vended.thing_name,
@@ -243,36 +320,40 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
         issued_at: vended.issued_at,
         key: store.describe(),
     };
-    save(&options.out, &vended.certificate_pem, &vended.ca_certificates, &enrollment)?;
+    save(
+        &options.out,
+        &vended.certificate_pem,
+        &vended.ca_certificates,
+        &enrollment,
+    )?;
     Ok(Outcome::Enrolled {
         enrollment,
         new: status == 201,
     })
 }
 
-fn save(out: &Path, certificate: &str, cas: &[String], enrollment: &Enrollment) -> Result<(), EnrollError> {
+fn save(
+    out: &Path,
+    certificate: &str,
+    cas: &[String],
+    enrollment: &Enrollment,
+) -> Result<(), EnrollError> {
     ensure_private_dir(out).map_err(io(out))?;
+    let meta_path = out.join(METADATA_FILE);
+    // An older enrollment (another serial or key) stops being "complete" before its files
+    // are replaced, so no mix of old and new is ever taken for a finished enrollment.
+    match std::fs::remove_file(&meta_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&meta_path)(e)),
+        _ => {}
+    }
     let cert_path = out.join(CERTIFICATE_FILE);
     write_atomic(&cert_path, certificate.as_bytes()).map_err(io(&cert_path))?;
     let ca_path = out.join(CA_FILE);
     write_atomic(&ca_path, cas.join("\n").as_bytes()).map_err(io(&ca_path))?;
     // Written last: its presence means the enrollment is complete.
-    let meta_path = out.join(METADATA_FILE);
     let meta = serde_json::to_vec_pretty(enrollment)
         .map_err(|e| EnrollError::InvalidResponse(e.to_string()))?;
     write_atomic(&meta_path, &meta).map_err(io(&meta_path))
-}
-
-/// reqwest's errors say "error sending request"; the cause (refused, TLS, DNS) is deeper.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 #[cfg(test)]
@@ -281,17 +362,30 @@ mod tests {
 
     #[test]
     fn retries_only_what_can_succeed_later() {
-        assert!(retry_delay(503, "service_unavailable", Some(2), 1) == Some(Duration::from_secs(2)));
-        assert!(retry_delay(429, "", None, 1).is_some());
-        assert!(retry_delay(409, "enrollment_in_progress", Some(1), 1).is_some());
-        for (status, code) in [(409, "already_issued"), (403, "invalid_credentials"), (400, "csr_malformed"), (413, "request_too_large")] {
-            assert!(retry_delay(status, code, None, 1).is_none(), "{status} {code}");
+        let b = Backoff::default();
+        assert!(
+            retry_delay(503, "service_unavailable", Some(2), 1, &b) == Some(Duration::from_secs(2))
+        );
+        assert!(retry_delay(429, "", None, 1, &b).is_some());
+        assert!(retry_delay(409, "enrollment_in_progress", Some(1), 1, &b).is_some());
+        for (status, code) in [
+            (409, "already_issued"),
+            (403, "invalid_credentials"),
+            (400, "csr_malformed"),
+            (413, "request_too_large"),
+        ] {
+            assert!(
+                retry_delay(status, code, None, 1, &b).is_none(),
+                "{status} {code}"
+            );
         }
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(1) >= Duration::from_secs(2));
-        assert!(backoff(10) <= Duration::from_secs(38));
+    fn backoff_starts_at_initial_grows_and_is_capped() {
+        assert!(backoff(1) >= Duration::from_secs(1) && backoff(1) <= Duration::from_millis(1250));
+        assert!(backoff(2) >= Duration::from_secs(2));
+        assert!(backoff(10) <= Duration::from_millis(37_500));
+        assert!(backoff(1000) <= Duration::from_millis(37_500));
     }
 }

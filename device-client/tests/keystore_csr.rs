@@ -23,7 +23,10 @@ fn a_readable_key_file_is_refused() {
     let path = dir.path().join("device.key");
     FileKeyStore::open_or_create(&path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = FileKeyStore::open_or_create(&path).err().unwrap().to_string();
+    let err = FileKeyStore::open_or_create(&path)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("chmod 600"), "{err}");
 }
 
@@ -44,5 +47,9 @@ fn csr_signed_in_the_store_verifies_and_carries_its_key() {
         .arg(&csr_path)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,7 +1,4 @@
-//! Where the device key lives. Every backend speaks the security modules' language: a P-256
-//! public point out, a SHA-256 digest in, a raw `r || s` signature out. That is what Zymbit's
-//! `zkGenECDSASigFromDigest` and PKCS#11 `CKM_ECDSA` both produce, so hardware backends slot
-//! in behind the same trait without the key ever leaving the module.
+//! A PKCS#8 PEM key file, for development and for devices without a security module.
 
 use std::fs;
 use std::io::Write;
@@ -12,24 +9,7 @@ use p256::ecdsa::signature::hazmat::PrehashSigner;
 use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::DecodePrivateKey;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyStoreError {
-    #[error("key file {path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("signing failed: {0}")]
-    Signing(String),
-}
-
-pub trait KeyStore: Send + Sync {
-    /// The public key as an uncompressed SEC1 point: `0x04 || X || Y`.
-    fn public_key(&self) -> Result<[u8; 65], KeyStoreError>;
-
-    /// ECDSA P-256 over a SHA-256 digest; raw `r || s`.
-    fn sign_digest(&self, digest: &[u8; 32]) -> Result<[u8; 64], KeyStoreError>;
-
-    /// For messages: which key this is, never key material.
-    fn describe(&self) -> String;
-}
+use super::{KeyStore, KeyStoreError};
 
 /// A PKCS#8 PEM key file, for development and for devices without a security module.
 /// Created with mode 0600; refused if others can read it.
@@ -47,6 +27,16 @@ impl FileKeyStore {
         if !path.exists() {
             create_key_file(path).map_err(|e| err(e.to_string()))?;
         }
+        Self::open(path)
+    }
+
+    /// An existing key file; a missing one is an error (commands after `enroll` must not
+    /// invent a key the certificate is not for).
+    pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+        let err = |message: String| KeyStoreError::File {
+            path: path.to_owned(),
+            message,
+        };
         let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
         if meta.permissions().mode() & 0o077 != 0 {
             return Err(err(format!(
