@@ -76,7 +76,7 @@ export class CertificateProvider extends Construct {
       functionName: this.lambda.function.functionArn,
       principal: 'iot.amazonaws.com',
       sourceArn: this.providerArn,
-
+      sourceAccount: stack.account,
     });
 
     this.provider = new iot.CfnCertificateProvider(this, 'CertificateProvider', {

@@ -24,12 +24,6 @@ export interface CvmConfig {
   readonly issuerMode: IssuerMode;
   /** Name of the AWS IoT policy this stack creates and the vend function attaches by default. */
   readonly policyName: string;
-  /**
-   * Further (existing) AWS IoT policies an enrollment record may name. IAM cannot restrict which
-   * policy AttachPolicy attaches (it authorizes against the certificate), so this list is handed
-   * to the function as the allow-list it enforces.
-   */
-  readonly extraPolicyNames: readonly string[];
   /** Name of the AWS IoT role alias devices exchange their certificate against for AWS credentials. */
   readonly roleAliasName: string;
   /** Managed policies for the role behind the role alias (none by default: no AWS access). */
@@ -42,9 +36,15 @@ export interface CvmConfig {
   readonly createPrivateCa: boolean;
   /** Subject common name of the created root CA. */
   readonly privateCaCommonName: string;
-  /** AWS Private CA certificate template for the certificate provider (its default when unset). */
+  /**
+   * acm-pca mode: the Private CA is registered with AWS IoT as a CA certificate, so the vend
+   * function registers device certificates with it (RegisterCertificate) instead of without
+   * a CA (RegisterCertificateWithoutCA).
+   */
+  readonly pcaRegisteredWithIot: boolean;
+  /** AWS Private CA certificate template for device certificates (the functions' default when unset). */
   readonly pcaTemplateArn?: string;
-  /** Validity of certificates the certificate provider issues. */
+  /** Validity of device certificates AWS Private CA issues. */
   readonly validityDays: number;
   /** Regular expression the certificate provider requires of the CSR's common name. */
   readonly cnPattern?: string;
@@ -92,13 +92,13 @@ export const CONTEXT_KEYS = [
   'stage',
   'issuerMode',
   'policyName',
-  'extraPolicyNames',
   'roleAliasName',
   'deviceRoleManagedPolicyArns',
   'credentialDurationSeconds',
   'pcaArn',
   'createPrivateCa',
   'privateCaCommonName',
+  'pcaRegisteredWithIot',
   'pcaTemplateArn',
   'validityDays',
   'cnPattern',
@@ -206,7 +206,6 @@ export function loadConfig(get: ContextReader): CvmConfig {
   const stage = readString(get, 'stage', STAGE, 'a letter, then letters, digits or dashes') ?? 'dev';
   const issuerMode = readOneOf<IssuerMode>(get, 'issuerMode', ['iot', 'acm-pca'], 'iot');
   const policyName = readString(get, 'policyName', IOT_POLICY_NAME) ?? 'cvm-device-default';
-  const extraPolicyNames = readList(get, 'extraPolicyNames', IOT_POLICY_NAME).filter((name) => name !== policyName);
   const roleAliasName = readString(get, 'roleAliasName', ROLE_ALIAS_NAME) ?? 'cvm-device-role-alias';
   const deviceRoleManagedPolicyArns = readList(get, 'deviceRoleManagedPolicyArns', IAM_POLICY_ARN);
   // AWS IoT accepts 900 to 43200 seconds for a role alias.
@@ -218,6 +217,7 @@ export function loadConfig(get: ContextReader): CvmConfig {
   if (privateCaCommonName.length > 64) {
     throw new ConfigError('context "privateCaCommonName" must be at most 64 characters (X.520 upper bound)');
   }
+  const pcaRegisteredWithIot = readBoolean(get, 'pcaRegisteredWithIot', false);
   const pcaTemplateArn = readString(get, 'pcaTemplateArn', PCA_TEMPLATE_ARN, 'arn:aws:acm-pca:::template/<name>/V<n>');
   const validityDays = readInteger(get, 'validityDays', 365, 1, 3650);
   const cnPattern = readString(get, 'cnPattern');
@@ -233,7 +233,8 @@ export function loadConfig(get: ContextReader): CvmConfig {
   // holds its execution environment for about six sequential AWS round trips, at least ~0.7 s,
   // and calls CreateCertificateFromCsr and AttachPolicy once each (15 TPS quota each):
   // 10 concurrent vends make at most 10 / 0.7 ~ 14 calls per second. In acm-pca mode the vend
-  // calls RegisterCertificateWithoutCA instead (10 TPS quota): 7 / 0.7 = 10 per second.
+  // calls RegisterCertificateWithoutCA or RegisterCertificate instead (10 TPS quota):
+  // 7 / 0.7 = 10 per second.
   // The certificate provider calls Private CA IssueCertificate once (25 TPS) and GetCertificate
   // a few times (75 TPS) per invocation of ~0.5 s or more: 10 concurrent stay under both.
   const vendReservedConcurrency = readConcurrency(get, 'vendReservedConcurrency', issuerMode === 'iot' ? 10 : 7);
@@ -266,8 +267,19 @@ export function loadConfig(get: ContextReader): CvmConfig {
         'drop "pcaArn"/"createPrivateCa" or enable one of them',
     );
   }
-  if (!certificateProvider && (pcaTemplateArn || cnPattern)) {
-    throw new ConfigError('"pcaTemplateArn" and "cnPattern" configure the certificate provider: set certificateProvider=true');
+  if (!needsPca && pcaTemplateArn) {
+    throw new ConfigError('"pcaTemplateArn" configures AWS Private CA issuance: set issuerMode=acm-pca or certificateProvider=true');
+  }
+  if (pcaRegisteredWithIot && issuerMode !== 'acm-pca') {
+    throw new ConfigError('"pcaRegisteredWithIot" applies to issuerMode=acm-pca only');
+  }
+  if (!certificateProvider && cnPattern) {
+    throw new ConfigError('"cnPattern" configures the certificate provider: set certificateProvider=true');
+  }
+  if (Boolean(iotDataEndpoint) !== Boolean(iotCredentialsEndpoint)) {
+    throw new ConfigError(
+      'give both "iotDataEndpoint" and "iotCredentialsEndpoint", or neither (the function then looks both up)',
+    );
   }
   if (cnPattern !== undefined) {
     try {
@@ -287,13 +299,13 @@ export function loadConfig(get: ContextReader): CvmConfig {
     stage,
     issuerMode,
     policyName,
-    extraPolicyNames,
     roleAliasName,
     deviceRoleManagedPolicyArns,
     credentialDurationSeconds,
     pcaArn,
     createPrivateCa,
     privateCaCommonName,
+    pcaRegisteredWithIot,
     pcaTemplateArn,
     validityDays,
     cnPattern,

@@ -42,9 +42,8 @@ export class CvmStack extends Stack {
       ...props,
     });
     const config = props.config;
-    const root = props.vendManifestPath && props.providerManifestPath ? undefined : repoRoot();
-    const vendManifestPath = props.vendManifestPath ?? path.join(root as string, VEND_MANIFEST);
-    const providerManifestPath = props.providerManifestPath ?? path.join(root as string, PROVIDER_MANIFEST);
+    const vendManifestPath = props.vendManifestPath ?? path.join(repoRoot(), VEND_MANIFEST);
+    const providerManifestPath = props.providerManifestPath ?? path.join(repoRoot(), PROVIDER_MANIFEST);
     const logRetention = config.logRetentionDays as logs.RetentionDays;
     const iotArn = (resource: string, resourceName: string) =>
       this.formatArn({ service: 'iot', resource, resourceName, arnFormat: ArnFormat.SLASH_RESOURCE_NAME });
@@ -90,11 +89,15 @@ export class CvmStack extends Stack {
       CVM_MAX_FAILED_ATTEMPTS: String(config.maxFailedAttempts),
       CVM_ROLE_ALIAS: config.roleAliasName,
     };
-    if (config.issuerMode === 'acm-pca') vendEnvironment.CVM_PCA_ARN = pcaArn as string;
-    if (config.iotDataEndpoint) vendEnvironment.CVM_IOT_DATA_ENDPOINT = config.iotDataEndpoint;
-    if (config.iotCredentialsEndpoint) vendEnvironment.CVM_IOT_CREDENTIALS_ENDPOINT = config.iotCredentialsEndpoint;
-    if (config.extraPolicyNames.length > 0) {
-      vendEnvironment.CVM_ALLOWED_POLICY_NAMES = [config.policyName, ...config.extraPolicyNames].join(',');
+    if (config.issuerMode === 'acm-pca') {
+      vendEnvironment.CVM_PCA_ARN = pcaArn as string;
+      vendEnvironment.CVM_VALIDITY_DAYS = String(config.validityDays);
+      if (config.pcaTemplateArn) vendEnvironment.CVM_PCA_TEMPLATE_ARN = config.pcaTemplateArn;
+      if (config.pcaRegisteredWithIot) vendEnvironment.CVM_PCA_REGISTERED_WITH_IOT = 'true';
+    }
+    if (config.iotDataEndpoint && config.iotCredentialsEndpoint) {
+      vendEnvironment.CVM_IOT_DATA_ENDPOINT = config.iotDataEndpoint;
+      vendEnvironment.CVM_IOT_CREDENTIALS_ENDPOINT = config.iotCredentialsEndpoint;
     }
 
     this.vend = new RustLambda(this, 'Vend', {
@@ -137,19 +140,29 @@ export class CvmStack extends Stack {
         }),
       );
     } else {
+      // DescribeCertificateAuthority once at start-up (the signing algorithm follows the CA's
+      // key type), IssueCertificate and GetCertificate per vend, RevokeCertificate to undo a
+      // vend that failed after issuance; GetCertificateAuthorityCertificate once at start-up
+      // when certificates are registered with the CA.
       vendFn.addToRolePolicy(
         new iam.PolicyStatement({
           sid: 'IssueWithPrivateCa',
-          actions: ['acm-pca:IssueCertificate', 'acm-pca:GetCertificate', 'acm-pca:RevokeCertificate'],
+          actions: [
+            'acm-pca:DescribeCertificateAuthority',
+            'acm-pca:IssueCertificate',
+            'acm-pca:GetCertificate',
+            'acm-pca:RevokeCertificate',
+            ...(config.pcaRegisteredWithIot ? ['acm-pca:GetCertificateAuthorityCertificate'] : []),
+          ],
           resources: [pcaArn as string],
         }),
       );
-      // iot:RegisterCertificateWithoutCA has no resource type in the reference either:
-      // "*" is the only resource it can be granted on.
+      // Neither iot:RegisterCertificateWithoutCA nor iot:RegisterCertificate has a resource
+      // type in the reference: "*" is the only resource they can be granted on.
       vendFn.addToRolePolicy(
         new iam.PolicyStatement({
           sid: 'RegisterPrivateCaCertificate',
-          actions: ['iot:RegisterCertificateWithoutCA'],
+          actions: [config.pcaRegisteredWithIot ? 'iot:RegisterCertificate' : 'iot:RegisterCertificateWithoutCA'],
           resources: ['*'],
         }),
       );
@@ -157,9 +170,10 @@ export class CvmStack extends Stack {
     // The reference authorizes all of these against the certificate (resource type "cert"):
     // AttachPolicy/DetachPolicy against their target, not the policy, and
     // AttachThingPrincipal/DetachThingPrincipal against the principal, not the thing.
-    // IAM therefore cannot restrict which AWS IoT policy gets attached; the function
-    // attaches only the deployment's policy or one the enrollment record names from
-    // CVM_ALLOWED_POLICY_NAMES, never one the request names.
+    // IAM therefore cannot restrict which AWS IoT policy gets attached: the function attaches
+    // the deployment's policy or the one the enrollment record (written by operators) names,
+    // never one the request names. In acm-pca mode, undoing a vend reads the certificate
+    // (DescribeCertificate) to revoke it at the CA before deleting it.
     vendFn.addToRolePolicy(
       new iam.PolicyStatement({
         sid: 'ManageVendedCertificates',
@@ -170,6 +184,7 @@ export class CvmStack extends Stack {
           'iot:DetachPolicy',
           'iot:AttachThingPrincipal',
           'iot:DetachThingPrincipal',
+          ...(config.issuerMode === 'acm-pca' ? ['iot:DescribeCertificate'] : []),
         ],
         resources: [iotArn('cert', '*')],
       }),
@@ -181,9 +196,9 @@ export class CvmStack extends Stack {
         resources: [iotArn('thing', '*')],
       }),
     );
-    if (!config.iotDataEndpoint || !config.iotCredentialsEndpoint) {
+    if (!config.iotDataEndpoint) {
       // Needed only when the endpoints are not given in the environment; the function asks
-      // once per execution environment. No resource type in the reference: "*" only.
+      // once per execution environment, at start-up. No resource type in the reference: "*" only.
       vendFn.addToRolePolicy(
         new iam.PolicyStatement({
           sid: 'DiscoverIotEndpoints',

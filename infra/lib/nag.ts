@@ -13,10 +13,13 @@ import type { CvmStack } from './cvm-stack';
  */
 export function acknowledgeFindings(stack: CvmStack, config: CvmConfig): void {
   const vendPolicy = stack.vend.role.node.findChild('DefaultPolicy');
-  const starActions = [
-    config.issuerMode === 'iot' ? 'iot:CreateCertificateFromCsr' : 'iot:RegisterCertificateWithoutCA',
-    ...(!config.iotDataEndpoint || !config.iotCredentialsEndpoint ? ['iot:DescribeEndpoint'] : []),
-  ];
+  const issueAction =
+    config.issuerMode === 'iot'
+      ? 'iot:CreateCertificateFromCsr'
+      : config.pcaRegisteredWithIot
+        ? 'iot:RegisterCertificate'
+        : 'iot:RegisterCertificateWithoutCA';
+  const starActions = [issueAction, ...(config.iotDataEndpoint ? [] : ['iot:DescribeEndpoint'])];
   acknowledge(vendPolicy, [
     {
       id: 'AwsSolutions-IAM5',
@@ -31,8 +34,8 @@ export function acknowledgeFindings(stack: CvmStack, config: CvmConfig): void {
       appliesTo: ['Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:cert/*'],
       reason:
         'Certificates are created by the function at run time, so their IDs are unknown at deploy time. ' +
-        'cert/* is limited to this account and region; it covers deactivating and deleting a half-done vend and ' +
-        'attaching/detaching policy and thing, which AWS authorizes against the certificate.',
+        'cert/* is limited to this account and region; it covers activating, reading, deactivating and deleting ' +
+        'vended certificates and attaching/detaching policy and thing, which AWS authorizes against the certificate.',
     },
     {
       id: 'AwsSolutions-IAM5',

@@ -67,7 +67,8 @@ export class RustLambda extends Construct {
       role: this.role,
       logGroup: this.logGroup,
       // The runtime sets AWS_LAMBDA_LOG_FORMAT=JSON and AWS_LAMBDA_LOG_LEVEL=INFO,
-      // which the functions' tracing subscriber follows.
+      // which the functions' tracing subscriber follows. Keep INFO or more verbose: the
+      // metric lines (Embedded Metric Format) carry no level, so Lambda files them as INFO.
       loggingFormat: lambda.LoggingFormat.JSON,
       applicationLogLevelV2: lambda.ApplicationLogLevel.INFO,
       systemLogLevelV2: lambda.SystemLogLevel.WARN,

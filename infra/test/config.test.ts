@@ -11,13 +11,13 @@ describe('loadConfig', () => {
       stage: 'dev',
       issuerMode: 'iot',
       policyName: 'cvm-device-default',
-      extraPolicyNames: [],
       roleAliasName: 'cvm-device-role-alias',
       deviceRoleManagedPolicyArns: [],
       credentialDurationSeconds: 3600,
       pcaArn: undefined,
       createPrivateCa: false,
       privateCaCommonName: 'Certificate Vending Machine Device Root CA',
+      pcaRegisteredWithIot: false,
       pcaTemplateArn: undefined,
       validityDays: 365,
       cnPattern: undefined,
@@ -39,12 +39,24 @@ describe('loadConfig', () => {
   });
 
   it('reads command-line strings and cdk.json values alike', () => {
-    const fromCli = load({ certificateProvider: 'true', pcaArn: PCA_ARN, throttleRateLimit: '5', extraPolicyNames: 'a, b' });
-    const fromJson = load({ certificateProvider: true, pcaArn: PCA_ARN, throttleRateLimit: 5, extraPolicyNames: ['a', 'b'] });
+    const a = 'arn:aws:iam::123456789012:policy/a';
+    const b = 'arn:aws:iam::aws:policy/b';
+    const fromCli = load({
+      certificateProvider: 'true',
+      pcaArn: PCA_ARN,
+      throttleRateLimit: '5',
+      deviceRoleManagedPolicyArns: `${a}, ${b}`,
+    });
+    const fromJson = load({
+      certificateProvider: true,
+      pcaArn: PCA_ARN,
+      throttleRateLimit: 5,
+      deviceRoleManagedPolicyArns: [a, b],
+    });
     assert.deepEqual(fromCli, fromJson);
     assert.equal(fromCli.certificateProvider, true);
     assert.equal(fromCli.throttleRateLimit, 5);
-    assert.deepEqual(fromCli.extraPolicyNames, ['a', 'b']);
+    assert.deepEqual(fromCli.deviceRoleManagedPolicyArns, [a, b]);
   });
 
   it('lowers the vend concurrency default in acm-pca mode and accepts "none"', () => {
@@ -61,6 +73,9 @@ describe('loadConfig', () => {
     ['a CA nothing uses', { pcaArn: PCA_ARN }, /only used with/],
     ['a malformed CA ARN', { issuerMode: 'acm-pca', pcaArn: 'arn:aws:acm-pca:eu-west-1:1:ca/x' }, /pcaArn/],
     ['provider settings without the provider', { cnPattern: '^x$' }, /certificateProvider=true/],
+    ['a template without a Private CA', { pcaTemplateArn: 'arn:aws:acm-pca:::template/EndEntityCertificate/V1' }, /pcaTemplateArn/],
+    ['CA registration outside acm-pca mode', { certificateProvider: 'true', pcaArn: PCA_ARN, pcaRegisteredWithIot: 'true' }, /acm-pca only/],
+    ['only one of the two endpoints', { iotDataEndpoint: 'x-ats.iot.eu-west-1.amazonaws.com' }, /or neither/],
     ['an invalid CN pattern', { certificateProvider: 'true', pcaArn: PCA_ARN, cnPattern: '([' }, /cnPattern/],
     ['an unknown architecture', { architecture: 'riscv64' }, /architecture/],
     ['a non-boolean flag', { certificateProvider: 'yes' }, /true or false/],
@@ -71,7 +86,6 @@ describe('loadConfig', () => {
     ['an endpoint with a scheme', { iotDataEndpoint: 'https://x-ats.iot.eu-west-1.amazonaws.com' }, /iotDataEndpoint/],
     ['an unsupported retention', { logRetentionDays: '42' }, /logRetentionDays/],
     ['an invalid policy name', { policyName: 'has space' }, /policyName/],
-    ['an invalid extra policy name', { extraPolicyNames: 'ok,not ok' }, /extraPolicyNames/],
     ['a credential duration above 12 h', { credentialDurationSeconds: '50000' }, /credentialDurationSeconds/],
     ['a device policy that is not an IAM policy ARN', { deviceRoleManagedPolicyArns: 'AdministratorAccess' }, /deviceRoleManagedPolicyArns/],
   ];

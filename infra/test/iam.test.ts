@@ -92,11 +92,16 @@ describe('vend function IAM', () => {
       WriteOwnLogs: allow(['logs:CreateLogStream', 'logs:PutLogEvents'], [`\${${logGroup}.Arn}`]),
       ReadWriteDeviceRecords: allow(['dynamodb:GetItem', 'dynamodb:UpdateItem'], [`\${${table}.Arn}`]),
       IssueWithPrivateCa: allow(
-        ['acm-pca:GetCertificate', 'acm-pca:IssueCertificate', 'acm-pca:RevokeCertificate'],
+        [
+          'acm-pca:DescribeCertificateAuthority',
+          'acm-pca:GetCertificate',
+          'acm-pca:IssueCertificate',
+          'acm-pca:RevokeCertificate',
+        ],
         [PCA_ARN],
       ),
       RegisterPrivateCaCertificate: allow(['iot:RegisterCertificateWithoutCA'], ['*']),
-      ManageVendedCertificates: allow(CERT_ACTIONS, [ARN.iot('cert/*')]),
+      ManageVendedCertificates: allow([...CERT_ACTIONS, 'iot:DescribeCertificate'], [ARN.iot('cert/*')]),
       CreateThings: allow(['iot:CreateThing'], [ARN.iot('thing/*')]),
       DiscoverIotEndpoints: allow(['iot:DescribeEndpoint'], ['*']),
     });
@@ -120,9 +125,22 @@ describe('vend function IAM', () => {
     ]);
   });
 
-  it('keeps iot:DescribeEndpoint when only one endpoint is configured', () => {
-    const { statements } = vendStatements({ iotDataEndpoint: CONFIGS.endpointsGiven.iotDataEndpoint });
-    assert.deepEqual(statements.DiscoverIotEndpoints, allow(['iot:DescribeEndpoint'], ['*']));
+  it('registers with the CA, and may read its certificate, when pcaRegisteredWithIot=true', () => {
+    const { statements } = vendStatements({ ...CONFIGS.acmPca, pcaRegisteredWithIot: 'true' });
+    assert.deepEqual(statements.RegisterPrivateCaCertificate, allow(['iot:RegisterCertificate'], ['*']));
+    assert.deepEqual(
+      statements.IssueWithPrivateCa,
+      allow(
+        [
+          'acm-pca:DescribeCertificateAuthority',
+          'acm-pca:GetCertificate',
+          'acm-pca:GetCertificateAuthorityCertificate',
+          'acm-pca:IssueCertificate',
+          'acm-pca:RevokeCertificate',
+        ],
+        [PCA_ARN],
+      ),
+    );
   });
 });
 
@@ -175,7 +193,12 @@ describe('every IAM policy of every configuration', () => {
         .flatMap((s) => s.actions);
       for (const action of starActions) {
         assert.ok(
-          ['iot:CreateCertificateFromCsr', 'iot:RegisterCertificateWithoutCA', 'iot:DescribeEndpoint'].includes(action),
+          [
+            'iot:CreateCertificateFromCsr',
+            'iot:RegisterCertificateWithoutCA',
+            'iot:RegisterCertificate',
+            'iot:DescribeEndpoint',
+          ].includes(action),
           `${action} is granted on "*"`,
         );
       }

@@ -21,6 +21,7 @@ describe('AWS Solutions checks (cdk-nag)', () => {
   const everything = {
     issuerMode: 'acm-pca',
     createPrivateCa: 'true',
+    pcaRegisteredWithIot: 'true',
     certificateProvider: 'true',
     ...CONFIGS.customDomain,
     alarmTopicArn: 'arn:aws:sns:eu-west-1:123456789012:cvm-ops',
@@ -61,6 +62,7 @@ describe('AWS Solutions checks (cdk-nag)', () => {
       acknowledgements(context).find((a) => a.applies_to?.[0] === 'Resource::*')?.reason ?? '';
     assert.match(star(CONFIGS.default), /iot:CreateCertificateFromCsr and iot:DescribeEndpoint/);
     assert.match(star(CONFIGS.acmPca), /iot:RegisterCertificateWithoutCA and iot:DescribeEndpoint/);
+    assert.match(star({ ...CONFIGS.acmPca, pcaRegisteredWithIot: 'true' }), /Only iot:RegisterCertificate and/);
     assert.doesNotMatch(star(CONFIGS.endpointsGiven), /DescribeEndpoint/);
   });
 

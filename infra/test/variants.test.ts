@@ -14,6 +14,24 @@ describe('issuerMode=acm-pca', () => {
     const env = environmentOf(CONFIGS.acmPca, 'VendFunction');
     assert.equal(env.CVM_ISSUER, 'acm-pca');
     assert.equal(env.CVM_PCA_ARN, PCA_ARN);
+    assert.equal(env.CVM_VALIDITY_DAYS, '365');
+    assert.equal(env.CVM_PCA_TEMPLATE_ARN, undefined);
+    assert.equal(env.CVM_PCA_REGISTERED_WITH_IOT, undefined);
+  });
+
+  it('passes the template, validity and CA registration settings', () => {
+    const env = environmentOf(
+      {
+        ...CONFIGS.acmPca,
+        pcaTemplateArn: 'arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1',
+        validityDays: '730',
+        pcaRegisteredWithIot: 'true',
+      },
+      'VendFunction',
+    );
+    assert.equal(env.CVM_PCA_TEMPLATE_ARN, 'arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1');
+    assert.equal(env.CVM_VALIDITY_DAYS, '730');
+    assert.equal(env.CVM_PCA_REGISTERED_WITH_IOT, 'true');
   });
 
   it('reserves less concurrency: RegisterCertificateWithoutCA allows 10 TPS, not 15', () => {
@@ -98,6 +116,7 @@ describe('certificateProvider=true', () => {
     const env = environmentOf(CONFIGS.provider, 'VendFunction');
     assert.equal(env.CVM_ISSUER, 'iot');
     assert.equal(env.CVM_PCA_ARN, undefined);
+    assert.equal(env.CVM_VALIDITY_DAYS, undefined);
   });
 });
 
@@ -150,11 +169,5 @@ describe('optional vend settings', () => {
     assert.equal(env.CVM_IOT_DATA_ENDPOINT, CONFIGS.endpointsGiven.iotDataEndpoint);
     assert.equal(env.CVM_IOT_CREDENTIALS_ENDPOINT, CONFIGS.endpointsGiven.iotCredentialsEndpoint);
     assert.equal(env.CVM_MAX_FAILED_ATTEMPTS, '3');
-  });
-
-  it('hands the allow-list of policies to the function when extra policies are named', () => {
-    const env = environmentOf({ extraPolicyNames: 'shadow-access, jobs-access' }, 'VendFunction');
-    assert.equal(env.CVM_ALLOWED_POLICY_NAMES, 'cvm-device-default,shadow-access,jobs-access');
-    assert.equal(environmentOf({}, 'VendFunction').CVM_ALLOWED_POLICY_NAMES, undefined);
   });
 });
