@@ -3,7 +3,7 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LOCAL="$ROOT/.local"
-for name in vend moto; do
+for name in vend-pca vend moto; do
   pidfile="$LOCAL/$name.pid"
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")

@@ -3,9 +3,12 @@ resources the vend service expects (table, default policy).
 
 Subcommands:
   pki DIR                  create (once) the local device CA and the API's TLS certificate
-  serve --port P --pki DIR run moto on 127.0.0.1:P with the CreateCertificateFromCsr fix
+  serve --port P --pki DIR run moto on 127.0.0.1:P with the fixes below
   provision --endpoint URL --table T --policy P
                            create the device table and the default IoT policy (idempotent)
+  provision-pca --endpoint URL --ca-out FILE
+                           create and activate a root AWS Private CA (ACM-PCA), write its
+                           certificate to FILE and print its ARN (idempotent per moto run)
 
 Why the fix: moto's CreateCertificateFromCsr copies the CSR's subject but certifies a fresh
 RSA key of its own, so the certificate does not carry the device's key. AWS IoT certifies the
@@ -14,16 +17,41 @@ refuses to deliver one that does not), so against unpatched moto every vend woul
 should. We patch the emulator, never the check: `create_certificate_from_csr` below verifies
 the CSR's self-signature and signs the CSR's public key with a stable local CA, whose
 certificate the vend service returns in `caCertificates`.
+
+The other fixes, each where moto is less strict or less complete than AWS in a way the
+product depends on (again the emulator is patched, never the product's checks):
+- ACM-PCA IssueCertificate ignores IdempotencyToken, so a retried call issues a second
+  certificate. AWS Private CA issues one certificate for all calls with the same token within
+  five minutes; the patch does the same (per CA, token -> certificate ARN, five minutes).
+- IoT GetRegistrationCode answers a new random code on every call; AWS answers one code per
+  account and region. The patch keeps one code per backend.
+- IoT RegisterCACertificate accepts any verification certificate, or none. AWS requires one
+  whose subject CN is the registration code and which the CA certificate's key signed, a CA
+  certificate (basic constraints CA:TRUE) that is currently valid, and refuses a CA that is
+  already registered. The patch checks the same, with AWS's error codes, and keeps
+  allowAutoRegistration (autoRegistrationStatus in DescribeCACertificate).
+- IoT RegisterCertificate finds the given CA only if its PEM text is byte-identical to the
+  registered one, and registers the device certificate anyway when the CA is unknown. AWS
+  matches the certificate and refuses a CA that is not registered; the patch does both.
+Known and left alone: moto's ACM-PCA CA key is always RSA-2048 whatever KeyAlgorithm says
+(the launcher asks for RSA_2048 so DescribeCertificateAuthority tells the truth), it ignores
+SigningAlgorithm and Validity, and GetCertificate never answers RequestInProgressException
+(tests of delayed issuance wrap the product's Private CA port instead).
 """
 
 import argparse
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import sys
+import threading
+import time
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -135,6 +163,138 @@ def _patch_moto(pki_dir):
                                          set_as_active=set_as_active, status="INACTIVE")
 
     iot_models.IoTBackend.create_certificate_from_csr = create_certificate_from_csr
+    _patch_ca_registration()
+    _patch_pca_idempotency()
+
+
+# AWS Private CA keeps an IssueCertificate idempotency token for five minutes.
+PCA_IDEMPOTENCY_WINDOW_SECONDS = 300
+
+
+def _patch_pca_idempotency():
+    from moto.acmpca.responses import ACMPCAResponse
+
+    original = ACMPCAResponse.issue_certificate
+    issued = {}  # (account, region, CA ARN, token) -> (certificate ARN, time)
+    lock = threading.Lock()
+
+    def issue_certificate(self):
+        params = json.loads(self.body)
+        token = params.get("IdempotencyToken")
+        if not token:
+            return original(self)
+        key = (self.current_account, self.region, params.get("CertificateAuthorityArn"), token)
+        with lock:
+            now = time.monotonic()
+            known = issued.get(key)
+            if known and now - known[1] < PCA_IDEMPOTENCY_WINDOW_SECONDS:
+                return json.dumps({"CertificateArn": known[0]})
+            body = original(self)
+            issued[key] = (json.loads(body)["CertificateArn"], now)
+            return body
+
+    ACMPCAResponse.issue_certificate = issue_certificate
+
+
+def _patch_ca_registration():
+    from moto.core.responses import ActionResult
+    from moto.iot import models as iot_models
+    from moto.iot.exceptions import IoTClientError, ResourceAlreadyExistsException
+    from moto.iot.responses import IoTResponse
+
+    class CertificateValidationException(IoTClientError):
+        def __init__(self, msg):
+            super().__init__("CertificateValidationException", msg)
+
+    def get_registration_code(self):
+        if not getattr(self, "_registration_code", None):
+            self._registration_code = secrets.token_hex(32)
+        return self._registration_code
+
+    def validate(backend, ca_pem, verification_pem, certificate_mode):
+        try:
+            ca = x509.load_pem_x509_certificate(ca_pem.encode("utf-8"))
+        except ValueError:
+            raise CertificateValidationException("The CA certificate is not a valid X.509 certificate")
+        try:
+            constraints = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            constraints = None
+        if constraints is None or not constraints.ca:
+            raise CertificateValidationException("The certificate is not a CA certificate")
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+            raise CertificateValidationException("The CA certificate is expired or not yet valid")
+        if certificate_mode == "SNI_ONLY" and not verification_pem:
+            return
+        if not verification_pem:
+            raise CertificateValidationException("A verification certificate is required")
+        try:
+            verification = x509.load_pem_x509_certificate(verification_pem.encode("utf-8"))
+        except ValueError:
+            raise CertificateValidationException("The verification certificate is not a valid X.509 certificate")
+        names = verification.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if [n.value for n in names] != [get_registration_code(backend)]:
+            raise CertificateValidationException(
+                "The verification certificate's common name is not the registration code")
+        try:
+            verification.verify_directly_issued_by(ca)
+        except (InvalidSignature, ValueError, TypeError) as e:
+            raise CertificateValidationException(
+                f"The verification certificate is not signed by the CA certificate ({type(e).__name__})")
+
+    def register_ca_certificate(self):
+        ca_pem = self._get_param("caCertificate")
+        verification_pem = self._get_param("verificationCertificate")
+        mode = self._get_param("certificateMode") or "DEFAULT"
+        set_as_active = self._get_bool_param("setAsActive", False)
+        auto = self._get_bool_param("allowAutoRegistration", False)
+        validate(self.iot_backend, ca_pem, verification_pem, mode)
+        der = x509.load_pem_x509_certificate(ca_pem.encode("utf-8")).public_bytes(serialization.Encoding.DER)
+        existing = self.iot_backend.ca_certificates.get(hashlib.sha256(der).hexdigest())
+        if existing is not None:
+            raise ResourceAlreadyExistsException(
+                "The certificate is already provisioned or registered", existing.certificate_id, existing.arn)
+        cert = self.iot_backend.register_ca_certificate(
+            ca_certificate=ca_pem, set_as_active=set_as_active,
+            registration_config=self._get_param("registrationConfig"))
+        cert.auto_registration_status = "ENABLE" if auto else "DISABLE"
+        return ActionResult({"certificateId": cert.certificate_id, "certificateArn": cert.arn})
+
+    description = iot_models.FakeCaCertificate.to_description_dict
+
+    def to_description_dict(self):
+        d = description(self)
+        d["autoRegistrationStatus"] = getattr(self, "auto_registration_status", "DISABLE")
+        return d
+
+    update_ca_response = IoTResponse.update_ca_certificate
+
+    def update_ca_certificate_response(self):
+        result = update_ca_response(self)
+        auto = self._get_param("newAutoRegistrationStatus")
+        if auto in ("ENABLE", "DISABLE"):
+            cert = self.iot_backend.describe_ca_certificate(self.path.split("/")[-1])
+            cert.auto_registration_status = auto
+        return result
+
+    def der_of(pem):
+        return x509.load_pem_x509_certificate(pem.encode("utf-8")).public_bytes(serialization.Encoding.DER)
+
+    def find_ca_certificate(self, ca_certificate_pem):
+        if not ca_certificate_pem:
+            return None
+        wanted = der_of(ca_certificate_pem)
+        for ca_cert in self.ca_certificates.values():
+            if der_of(ca_cert.certificate_pem) == wanted:
+                return ca_cert.certificate_id
+        raise CertificateValidationException("The CA certificate is not registered")
+
+    iot_models.IoTBackend._find_ca_certificate = find_ca_certificate
+    iot_models.IoTBackend.get_registration_code = get_registration_code
+    iot_models.FakeCaCertificate.to_description_dict = to_description_dict
+    IoTResponse.register_ca_certificate = register_ca_certificate
+    IoTResponse.update_ca_certificate = update_ca_certificate_response
 
 
 def serve(port, pki_dir):
@@ -172,6 +332,48 @@ def provision(endpoint, table, policy, region):
         iot.create_policy(policyName=policy, policyDocument=json.dumps(document))
 
 
+PCA_COMMON_NAME = "CVM Local Private CA"
+ROOT_CA_TEMPLATE = "arn:aws:acm-pca:::template/RootCACertificate/V1"
+
+
+def provision_pca(endpoint, ca_out, region):
+    """A root Private CA, as the deployment's PrivateCa construct makes one: create it, have it
+    sign its own CSR with the RootCACertificate template, import that certificate (the CA
+    becomes ACTIVE). Reuses an active CA of the same name within one moto run."""
+    import boto3
+
+    pca = boto3.client("acm-pca", endpoint_url=endpoint, region_name=region,
+                       aws_access_key_id="local", aws_secret_access_key="local")
+    arn = None
+    for ca in pca.list_certificate_authorities()["CertificateAuthorities"]:
+        subject = ca["CertificateAuthorityConfiguration"].get("Subject", {})
+        if ca["Status"] == "ACTIVE" and subject.get("CommonName") == PCA_COMMON_NAME:
+            arn = ca["Arn"]
+            break
+    if arn is None:
+        arn = pca.create_certificate_authority(
+            CertificateAuthorityType="ROOT",
+            CertificateAuthorityConfiguration={
+                # moto's CA key is RSA-2048 whatever is asked: ask for what it has.
+                "KeyAlgorithm": "RSA_2048",
+                "SigningAlgorithm": "SHA256WITHRSA",
+                "Subject": {"CommonName": PCA_COMMON_NAME, "Organization": "CVM local stack"},
+            },
+            UsageMode="GENERAL_PURPOSE",
+        )["CertificateAuthorityArn"]
+        csr = pca.get_certificate_authority_csr(CertificateAuthorityArn=arn)["Csr"]
+        root_arn = pca.issue_certificate(
+            CertificateAuthorityArn=arn, Csr=csr.encode("utf-8"), SigningAlgorithm="SHA256WITHRSA",
+            TemplateArn=ROOT_CA_TEMPLATE, Validity={"Type": "YEARS", "Value": 10},
+            IdempotencyToken="cvm-local-root",
+        )["CertificateArn"]
+        root = pca.get_certificate(CertificateAuthorityArn=arn, CertificateArn=root_arn)["Certificate"]
+        pca.import_certificate_authority_certificate(CertificateAuthorityArn=arn, Certificate=root.encode("utf-8"))
+    certificate = pca.get_certificate_authority_certificate(CertificateAuthorityArn=arn)["Certificate"]
+    _write(ca_out, (certificate.strip() + "\n").encode("ascii"), 0o644)
+    print(arn)
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,11 +387,17 @@ def main(argv):
     v.add_argument("--table", required=True)
     v.add_argument("--policy", required=True)
     v.add_argument("--region", default="us-east-1")
+    c = sub.add_parser("provision-pca")
+    c.add_argument("--endpoint", required=True)
+    c.add_argument("--ca-out", required=True)
+    c.add_argument("--region", default="us-east-1")
     args = parser.parse_args(argv)
     if args.command == "pki":
         pki(args.directory)
     elif args.command == "serve":
         serve(args.port, args.pki)
+    elif args.command == "provision-pca":
+        provision_pca(args.endpoint, args.ca_out, args.region)
     else:
         provision(args.endpoint, args.table, args.policy, args.region)
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Starts the local stack: moto's server (patched, see stack.py) and the vend service over
-# HTTPS, both on 127.0.0.1, and writes .local/env. `down.sh` stops exactly these processes.
+# Starts the local stack: moto's server (patched, see stack.py), an AWS Private CA in it, and
+# the vend service over HTTPS twice, in `iot` mode (Amazon's CA, emulated) and in `acm-pca`
+# mode (the Private CA), all on 127.0.0.1, and writes .local/env. `down.sh` stops exactly
+# these processes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LOCAL="$ROOT/.local"
@@ -9,19 +11,20 @@ STACK="$ROOT/tests/local-stack/stack.py"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if alive "$LOCAL/moto.pid" && alive "$LOCAL/vend.pid"; then
+if alive "$LOCAL/moto.pid" && alive "$LOCAL/vend.pid" && alive "$LOCAL/vend-pca.pid"; then
   echo "local stack already up (see .local/env)"; exit 0
 fi
 "$ROOT/tests/local-stack/down.sh" >/dev/null 2>&1 || true
 
 "$ROOT/tests/local-stack/install.sh"
-echo "building the service, cvm-admin and cvm-device..."
-(cd "$ROOT" && cargo build --quiet -p vend-local -p cvm-admin -p cvm-device)
+echo "building the service, cvm-admin, cvm-device and the certificate provider..."
+(cd "$ROOT" && cargo build --quiet -p vend-local -p cvm-admin -p cvm-device -p cert-provider)
 
 "$PY" "$STACK" pki "$LOCAL/pki"
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOTO_PORT=$(free_port)
 API_PORT=$(free_port)
+PCA_API_PORT=$(free_port)
 
 wait_for() { # description, command...
   local what=$1; shift
@@ -38,6 +41,8 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" AWS_REGION=us-east-1 \
 TABLE=cvm-devices
 POLICY=cvm-device-default
 "$PY" "$STACK" provision --endpoint "$AWS_ENDPOINT_URL" --table "$TABLE" --policy "$POLICY"
+PCA_CA_CERT="$LOCAL/pki/pca-ca.pem"
+PCA_ARN=$("$PY" "$STACK" provision-pca --endpoint "$AWS_ENDPOINT_URL" --ca-out "$PCA_CA_CERT")
 
 CVM_TABLE_NAME=$TABLE CVM_DEFAULT_POLICY_NAME=$POLICY \
 CVM_CA_CERTIFICATES_FILE="$LOCAL/pki/device-ca.pem" CVM_ROLE_ALIAS=cvm-device-role-alias \
@@ -46,6 +51,17 @@ CVM_LOCAL_TLS_CERT="$LOCAL/pki/api-server.pem" CVM_LOCAL_TLS_KEY="$LOCAL/pki/api
   nohup "$TARGET/vend-local" >"$LOCAL/vend.log" 2>&1 &
 echo $! >"$LOCAL/vend.pid"
 wait_for "the vend service" curl -s --cacert "$LOCAL/pki/api-ca.pem" -o /dev/null "https://127.0.0.1:$API_PORT/v1/certificates"
+
+# The same service in acm-pca mode: the Private CA signs, AWS IoT registers the certificate
+# (RegisterCertificateWithoutCA); devices get the Private CA's certificate as their chain.
+CVM_ISSUER=acm-pca CVM_PCA_ARN=$PCA_ARN \
+CVM_TABLE_NAME=$TABLE CVM_DEFAULT_POLICY_NAME=$POLICY \
+CVM_CA_CERTIFICATES_FILE="$PCA_CA_CERT" CVM_ROLE_ALIAS=cvm-device-role-alias \
+CVM_LOCAL_LISTEN="127.0.0.1:$PCA_API_PORT" \
+CVM_LOCAL_TLS_CERT="$LOCAL/pki/api-server.pem" CVM_LOCAL_TLS_KEY="$LOCAL/pki/api-server.key" \
+  nohup "$TARGET/vend-local" >"$LOCAL/vend-pca.log" 2>&1 &
+echo $! >"$LOCAL/vend-pca.pid"
+wait_for "the vend service (acm-pca)" curl -s --cacert "$LOCAL/pki/api-ca.pem" -o /dev/null "https://127.0.0.1:$PCA_API_PORT/v1/certificates"
 
 cat >"$LOCAL/env" <<ENV
 AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
@@ -60,5 +76,9 @@ CVM_TABLE_NAME=$TABLE
 CVM_DEFAULT_POLICY_NAME=$POLICY
 CVM_ADMIN=$TARGET/cvm-admin
 CVM_DEVICE=$TARGET/cvm-device
+CVM_PCA_ARN=$PCA_ARN
+CVM_PCA_CA_CERT=$PCA_CA_CERT
+CVM_PCA_API_URL=https://127.0.0.1:$PCA_API_PORT
+CVM_CERT_PROVIDER=$TARGET/cert-provider-local
 ENV
-echo "local stack up: API https://127.0.0.1:$API_PORT, AWS at $AWS_ENDPOINT_URL (settings in .local/env)"
+echo "local stack up: API https://127.0.0.1:$API_PORT (iot), https://127.0.0.1:$PCA_API_PORT (acm-pca), AWS at $AWS_ENDPOINT_URL (settings in .local/env)"

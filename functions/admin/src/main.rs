@@ -1,11 +1,15 @@
-//! `cvm-admin`: what ops do with the device table.
+//! `cvm-admin`: what ops do with the device table, and with AWS IoT's CAs.
 //!
 //! `enroll` makes a one-time token, stores only its hash and prints the token once (for the
-//! factory); `show` prints a record without any secret.
+//! factory); `show` prints a record without any secret; `register-ca` registers an own CA
+//! (a certificate and key on disk, or an AWS Private CA) with AWS IoT.
 
+mod register_ca;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use cvm_aws::DynamoStore;
 use cvm_core::ports::{DeviceStore, Written};
 use cvm_core::record::DeviceStatus;
@@ -13,7 +17,11 @@ use cvm_core::{Attributes, DeviceRecord, PolicyName, Serial, ThingName, Token};
 use serde_json::json;
 
 #[derive(Parser)]
-#[command(name = "cvm-admin", version, about = "Certificate vending machine: operations")]
+#[command(
+    name = "cvm-admin",
+    version,
+    about = "Certificate vending machine: operations"
+)]
 struct Cli {
     /// DynamoDB table of device records.
     #[arg(long, env = "CVM_TABLE_NAME", global = true)]
@@ -46,6 +54,24 @@ enum Command {
         #[arg(long)]
         serial: String,
     },
+    /// Register an own CA with AWS IoT, active: proves possession of the CA key with a
+    /// verification certificate for the account's registration code. Prints JSON.
+    #[command(group(ArgGroup::new("ca").required(true).args(["ca_cert", "pca_arn"])))]
+    RegisterCa {
+        /// The CA certificate (PEM).
+        #[arg(long, requires = "ca_key", value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
+        /// The CA's private key (PEM, unencrypted). Used locally to sign the verification
+        /// certificate; never sent anywhere.
+        #[arg(long, requires = "ca_cert", value_name = "FILE")]
+        ca_key: Option<PathBuf>,
+        /// Register this AWS Private CA instead; it issues the verification certificate.
+        #[arg(long, value_name = "ARN", conflicts_with_all = ["ca_cert", "ca_key"])]
+        pca_arn: Option<String>,
+        /// Let AWS IoT register device certificates this CA signed when they first connect.
+        #[arg(long)]
+        auto_registration: bool,
+    },
 }
 
 #[tokio::main]
@@ -61,20 +87,60 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let table = cli
-        .table
-        .ok_or("no table: pass --table or set CVM_TABLE_NAME")?;
-    let sdk = cvm_aws::load_sdk_config().await;
-    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let store = |sdk: &aws_config::SdkConfig| {
+        cli.table
+            .clone()
+            .map(|table| DynamoStore::new(aws_sdk_dynamodb::Client::new(sdk), table))
+            .ok_or("no table: pass --table or set CVM_TABLE_NAME")
+    };
     match cli.command {
         Command::Enroll {
-            serial,
-            thing_name,
-            policy,
-            attributes,
+            ref serial,
+            ref thing_name,
+            ref policy,
+            ref attributes,
             json,
-        } => enroll(&store, &serial, thing_name, policy, &attributes, json).await,
-        Command::Show { serial } => show(&store, &serial).await,
+        } => {
+            let sdk = cvm_aws::load_sdk_config().await;
+            let store = store(&sdk)?;
+            enroll(
+                &store,
+                serial,
+                thing_name.clone(),
+                policy.clone(),
+                attributes,
+                json,
+            )
+            .await
+        }
+        Command::Show { ref serial } => {
+            let sdk = cvm_aws::load_sdk_config().await;
+            show(&store(&sdk)?, serial).await
+        }
+        Command::RegisterCa {
+            ref ca_cert,
+            ref ca_key,
+            ref pca_arn,
+            auto_registration,
+        } => {
+            let source = match (ca_cert, ca_key, pca_arn) {
+                (Some(certificate), Some(key), None) => register_ca::CaSource::Files {
+                    certificate: certificate.clone(),
+                    key: key.clone(),
+                },
+                (None, None, Some(arn)) => register_ca::CaSource::PrivateCa { arn: arn.clone() },
+                _ => return Err("give --ca-cert and --ca-key, or --pca-arn".into()),
+            };
+            let sdk = cvm_aws::load_sdk_config().await;
+            let registered = register_ca::register_ca(&sdk, &source, auto_registration)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&registered.to_json()).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
     }
 }
 
@@ -121,10 +187,16 @@ async fn enroll(
         }
     }
     if as_json {
-        println!("{}", json!({"serial": serial.as_str(), "token": token.expose_secret()}));
+        println!(
+            "{}",
+            json!({"serial": serial.as_str(), "token": token.expose_secret()})
+        );
     } else {
         println!("enrolled {serial}");
-        println!("token (shown once; give it to the device, it is not stored): {}", token.expose_secret());
+        println!(
+            "token (shown once; give it to the device, it is not stored): {}",
+            token.expose_secret()
+        );
     }
     Ok(())
 }

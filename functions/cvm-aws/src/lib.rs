@@ -5,6 +5,7 @@
 pub mod dynamo;
 pub mod error;
 pub mod iot;
+pub mod pca;
 pub mod vend_app;
 
 pub use dynamo::DynamoStore;

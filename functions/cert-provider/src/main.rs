@@ -1,0 +1,25 @@
+//! The certificate-provider Lambda. It only wires: logging, configuration, the Private CA
+//! client, the handler. The workflow lives in `cvm-core` (`provider`), the adapter in `cvm-aws`.
+
+use std::sync::Arc;
+
+use cert_provider::{build, Metrics, ProviderConfig};
+use lambda_runtime::{service_fn, tracing, Error, LambdaEvent};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    // JSON logs when the function's log format is JSON; level from AWS_LAMBDA_LOG_LEVEL.
+    tracing::init_default_subscriber();
+
+    // Configuration, client and the CA's key type are settled once, at init, and fail the
+    // cold start loudly.
+    let config = ProviderConfig::from_env()?;
+    let sdk = cvm_aws::load_sdk_config().await;
+    let provider = Arc::new(build(&sdk, config, Metrics::Emf).await?);
+
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let provider = Arc::clone(&provider);
+        async move { provider.handle_event(event).await }
+    }))
+    .await
+}
