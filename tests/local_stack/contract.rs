@@ -288,3 +288,82 @@ async fn twenty_concurrent_requests_leave_exactly_one_certificate() {
         assert_eq!(certs[0].1, "ACTIVE");
     }
 }
+
+#[tokio::test]
+async fn a_revoked_device_is_detached_and_refused() {
+    let client = http();
+    let iot = iot().await;
+    for api in apis() {
+        let serial = unique_serial("REVOKE");
+        let token = enroll(&serial, &[]);
+        let csr = rcgen_csr(&serial);
+        let body = serde_json::json!({"serial": serial, "token": token, "csr": csr});
+        let (status, bytes) = post(&client, &api, &body).await;
+        assert_eq!(status, 201, "{}", api.mode);
+        let v = json(&bytes);
+        let (id, arn) = (
+            v["certificateId"].as_str().unwrap(),
+            v["certificateArn"].as_str().unwrap(),
+        );
+
+        let out = std::process::Command::new(env("CVM_ADMIN"))
+            .args(["revoke", "--serial", &serial])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "revoke: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let d = iot
+            .describe_certificate()
+            .certificate_id(id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            d.certificate_description()
+                .unwrap()
+                .status()
+                .unwrap()
+                .as_str(),
+            "REVOKED"
+        );
+        let principals = iot
+            .list_thing_principals()
+            .thing_name(&serial)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            principals.principals().is_empty(),
+            "{}: still attached",
+            api.mode
+        );
+        let policies = iot
+            .list_attached_policies()
+            .target(arn)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            policies.policies().is_empty(),
+            "{}: policy still attached",
+            api.mode
+        );
+
+        // Neither a replay with the same key nor a new key gets anything now.
+        let (status, bytes) = post(&client, &api, &body).await;
+        assert_eq!(
+            (status, json(&bytes)["code"].as_str().unwrap()),
+            (403, "device_revoked")
+        );
+        // And revoking again is harmless.
+        let again = std::process::Command::new(env("CVM_ADMIN"))
+            .args(["revoke", "--serial", &serial])
+            .output()
+            .unwrap();
+        assert!(again.status.success());
+    }
+}

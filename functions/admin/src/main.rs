@@ -1,7 +1,8 @@
 //! `cvm-admin`: what ops do with the device table, and with AWS IoT's CAs.
 //!
 //! `enroll` makes a one-time token, stores only its hash and prints the token once (for the
-//! factory); `show` prints a record without any secret; `register-ca` registers an own CA
+//! factory); `show` prints a record without any secret; `revoke` revokes and detaches a
+//! device's certificate and marks the record; `register-ca` registers an own CA
 //! (a certificate and key on disk, or an AWS Private CA) with AWS IoT.
 
 mod register_ca;
@@ -51,6 +52,12 @@ enum Command {
     },
     /// Show a device record (never its token or token hash).
     Show {
+        #[arg(long)]
+        serial: String,
+    },
+    /// Revoke a device: its certificate is marked REVOKED in AWS IoT and detached from its
+    /// thing and policies, and the record becomes `revoked` (the token is refused from then on).
+    Revoke {
         #[arg(long)]
         serial: String,
     },
@@ -116,6 +123,10 @@ async fn run(cli: Cli) -> Result<(), String> {
         Command::Show { ref serial } => {
             let sdk = cvm_aws::load_sdk_config().await;
             show(&store(&sdk)?, serial).await
+        }
+        Command::Revoke { ref serial } => {
+            let sdk = cvm_aws::load_sdk_config().await;
+            revoke(&store(&sdk)?, &aws_sdk_iot::Client::new(&sdk), serial).await
         }
         Command::RegisterCa {
             ref ca_cert,
@@ -235,5 +246,83 @@ async fn show(store: &DynamoStore, serial: &str) -> Result<(), String> {
         "{}",
         serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
     );
+    Ok(())
+}
+
+/// Revokes in AWS IoT first, then in the table: if the second step fails, the device can no
+/// longer connect, and running the command again finishes the job.
+async fn revoke(
+    store: &DynamoStore,
+    iot: &aws_sdk_iot::Client,
+    serial: &str,
+) -> Result<(), String> {
+    use aws_sdk_iot::types::CertificateStatus;
+    use cvm_core::ports::ThingRegistry;
+
+    let serial = Serial::parse(serial).map_err(|e| e.to_string())?;
+    let record = store
+        .get(&serial)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("serial {serial} is not enrolled"))?;
+    let certificate = match &record.status {
+        DeviceStatus::Revoked { revoked_at } => {
+            println!("{serial} was already revoked at {revoked_at}");
+            return Ok(());
+        }
+        DeviceStatus::Claimed(_) => {
+            return Err(format!(
+                "a vend for {serial} is in progress; run revoke again in a minute"
+            ))
+        }
+        DeviceStatus::Issued(issued) => Some(issued.certificate.clone()),
+        DeviceStatus::Enrolled => None,
+    };
+    if let Some(certificate) = &certificate {
+        iot.update_certificate()
+            .certificate_id(&certificate.id)
+            .new_status(CertificateStatus::Revoked)
+            .send()
+            .await
+            .map_err(|e| cvm_aws::error::port_error("iot:UpdateCertificate", e).to_string())?;
+        let registry = cvm_aws::IotRegistry::new(iot.clone());
+        registry
+            .detach_thing_principal(&record.thing_name, certificate)
+            .await
+            .map_err(|e| e.to_string())?;
+        let attached = iot
+            .list_attached_policies()
+            .target(&certificate.arn)
+            .send()
+            .await
+            .map_err(|e| cvm_aws::error::port_error("iot:ListAttachedPolicies", e).to_string())?;
+        for policy in attached.policies() {
+            if let Some(name) = policy.policy_name() {
+                let name = PolicyName::parse(name).map_err(|e| e.to_string())?;
+                registry
+                    .detach_policy(&name, certificate)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let now = cvm_core::vend::rfc3339(time::OffsetDateTime::now_utc());
+    match store
+        .mark_revoked(&serial, &now)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Written::Done => {}
+        Written::ConditionFailed => {
+            return Err(format!("serial {serial} disappeared from the table"))
+        }
+    }
+    match certificate {
+        Some(c) => println!(
+            "revoked {serial}: certificate {} is REVOKED and detached",
+            c.id
+        ),
+        None => println!("revoked {serial} (no certificate had been issued)"),
+    }
     Ok(())
 }
