@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 use cvm_core::ports::{DeviceStore, FailureKind, PortError, Written};
@@ -29,6 +30,23 @@ impl DynamoStore {
         }
     }
 
+    /// An UpdateItem on one serial's item.
+    fn update(&self, serial: &Serial) -> UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("serial", s(serial.as_str()))
+    }
+
+    /// An UpdateItem that only applies while `claim_id` holds the record's claim.
+    fn update_under_claim(&self, serial: &Serial, claim_id: &str) -> UpdateItemFluentBuilder {
+        self.update(serial)
+            .condition_expression("#status = :claimed AND claimId = :id")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":claimed", s("claimed"))
+            .expression_attribute_values(":id", s(claim_id))
+    }
+
     /// Marks a device revoked (used by the admin CLI after the certificate is deactivated).
     pub async fn mark_revoked(
         &self,
@@ -36,10 +54,7 @@ impl DynamoStore {
         revoked_at: &str,
     ) -> Result<Written, PortError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("serial", s(serial.as_str()))
+            .update(serial)
             .update_expression("SET #status = :revoked, revokedAt = :at, version = version + :one")
             .condition_expression("attribute_exists(serial)")
             .expression_attribute_names("#status", "status")
@@ -232,10 +247,7 @@ impl DeviceStore for DynamoStore {
 
     async fn record_failed_attempt(&self, serial: &Serial) -> Result<u32, PortError> {
         let out = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("serial", s(serial.as_str()))
+            .update(serial)
             .update_expression("ADD failedAttempts :one")
             .condition_expression("attribute_exists(serial)")
             .expression_attribute_values(":one", n(1))
@@ -256,10 +268,7 @@ impl DeviceStore for DynamoStore {
         claim: &Claim,
     ) -> Result<Written, PortError> {
         let mut update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("serial", s(serial.as_str()))
+            .update(serial)
             .condition_expression("version = :expected")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":expected", n(expected_version))
@@ -290,15 +299,8 @@ impl DeviceStore for DynamoStore {
         certificate: &CertificateRef,
     ) -> Result<Written, PortError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("serial", s(serial.as_str()))
+            .update_under_claim(serial, claim_id)
             .update_expression("SET pendingCertificateId = :pid, pendingCertificateArn = :parn")
-            .condition_expression("#status = :claimed AND claimId = :id")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":claimed", s("claimed"))
-            .expression_attribute_values(":id", s(claim_id))
             .expression_attribute_values(":pid", s(&certificate.id))
             .expression_attribute_values(":parn", s(&certificate.arn))
             .send()
@@ -313,20 +315,13 @@ impl DeviceStore for DynamoStore {
         issued: &IssuedCertificate,
     ) -> Result<Written, PortError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("serial", s(serial.as_str()))
+            .update_under_claim(serial, claim_id)
             .update_expression(format!(
                 "SET #status = :issued, certificateId = :cid, certificateArn = :carn, \
                  certificatePem = :pem, publicKeyFingerprint = :fp, issuedAt = :at, \
                  version = version + :one REMOVE {CLAIM_FIELDS}"
             ))
-            .condition_expression("#status = :claimed AND claimId = :id")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":claimed", s("claimed"))
             .expression_attribute_values(":issued", s("issued"))
-            .expression_attribute_values(":id", s(claim_id))
             .expression_attribute_values(":cid", s(&issued.certificate.id))
             .expression_attribute_values(":carn", s(&issued.certificate.arn))
             .expression_attribute_values(":pem", s(&issued.certificate_pem))
@@ -340,18 +335,11 @@ impl DeviceStore for DynamoStore {
 
     async fn release(&self, serial: &Serial, claim_id: &str) -> Result<Written, PortError> {
         let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("serial", s(serial.as_str()))
+            .update_under_claim(serial, claim_id)
             .update_expression(format!(
                 "SET #status = :enrolled, version = version + :one REMOVE {CLAIM_FIELDS}"
             ))
-            .condition_expression("#status = :claimed AND claimId = :id")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":claimed", s("claimed"))
             .expression_attribute_values(":enrolled", s("enrolled"))
-            .expression_attribute_values(":id", s(claim_id))
             .expression_attribute_values(":one", n(1))
             .send()
             .await;
