@@ -220,7 +220,7 @@ impl<P: PrivateCa> Provider<P> {
                     client_id = %request.client_id,
                     "certificate provided"
                 );
-                self.metrics.invocation("issued", false, latency);
+                metrics::record_invocation(&self.metrics, "issued", false, latency);
                 Ok(ProviderResponse {
                     certificate_pem: provided.certificate_pem,
                 })
@@ -232,7 +232,7 @@ impl<P: PrivateCa> Provider<P> {
                 } else {
                     lambda_runtime::tracing::error!(outcome = error_type, latency_ms, error = %e, "failed");
                 }
-                self.metrics.invocation(error_type, true, latency);
+                metrics::record_invocation(&self.metrics, error_type, true, latency);
                 Err(Diagnostic {
                     error_type: error_type.to_owned(),
                     error_message: e.to_string(),

@@ -55,3 +55,8 @@ pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&s
         _ => None,
     }
 }
+
+/// A response without a field the API promises: a service fault we cannot work around.
+pub(crate) fn missing(operation: &'static str, field: &str) -> PortError {
+    PortError::new(FailureKind::Other, operation).with_code(format!("MissingField({field})"))
+}

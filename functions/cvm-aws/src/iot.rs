@@ -6,7 +6,7 @@ use cvm_core::ports::{CertificateIssuer, FailureKind, NewCertificate, PortError,
 use cvm_core::record::CertificateRef;
 use cvm_core::{Attributes, Csr, Endpoints, PolicyName, ThingName};
 
-use crate::error::{error_code, port_error};
+use crate::error::{error_code, missing, port_error};
 
 /// Issues with `iot:CreateCertificateFromCsr`: Amazon's CA signs, the key stays the device's.
 #[derive(Clone)]
@@ -18,10 +18,6 @@ impl IotIssuer {
     pub fn new(client: Client) -> Self {
         Self { client }
     }
-}
-
-fn missing(operation: &'static str, field: &str) -> PortError {
-    PortError::new(FailureKind::Other, operation).with_code(format!("MissingField({field})"))
 }
 
 impl CertificateIssuer for IotIssuer {

@@ -17,7 +17,7 @@ use cvm_core::provider::{
 use cvm_core::record::CertificateRef;
 use cvm_core::Csr;
 
-use crate::error::{error_code, port_error};
+use crate::error::{error_code, missing, port_error};
 use crate::iot::{discard_certificate, set_status};
 use crate::vend_app::{number, required, ConfigError, Env};
 
@@ -180,10 +180,6 @@ impl AcmPca {
             Err(e) => Err(port_error("acm-pca:RevokeCertificate", e)),
         }
     }
-}
-
-fn missing(operation: &'static str, field: &str) -> PortError {
-    PortError::new(FailureKind::Other, operation).with_code(format!("MissingField({field})"))
 }
 
 impl PrivateCa for AcmPca {

@@ -8,6 +8,7 @@
 
 pub mod csr;
 pub mod domain;
+pub mod emf;
 pub mod ports;
 pub mod provider;
 pub mod record;

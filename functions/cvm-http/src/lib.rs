@@ -139,7 +139,7 @@ where
         latency_ms = elapsed.as_millis() as u64,
         "vend request"
     );
-    api.metrics.vend(outcome, throttled, elapsed);
+    metrics::record_vend(&api.metrics, outcome, throttled, elapsed);
     let mut response = response;
     response.headers_mut().insert(
         header::CACHE_CONTROL,
