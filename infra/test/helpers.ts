@@ -1,5 +1,3 @@
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
@@ -32,19 +30,9 @@ export interface Synthesized {
 
 const cache = new Map<string, Synthesized>();
 
-/**
- * The provider crate may not exist yet; its manifest is only read for the package name,
- * so a stand-in manifest serves until it does. Bundling is skipped in unit tests.
- */
+/** The provider crate's manifest; unit tests only read its package name (no bundling). */
 function providerManifest(): string {
-  const real = path.join(repoRoot(), PROVIDER_MANIFEST);
-  if (fs.existsSync(real)) return real;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cvm-cert-provider-'));
-  fs.writeFileSync(
-    path.join(dir, 'Cargo.toml'),
-    '[package]\nname = "cert-provider"\nversion = "0.0.0"\nedition = "2021"\n',
-  );
-  return path.join(dir, 'Cargo.toml');
+  return path.join(repoRoot(), PROVIDER_MANIFEST);
 }
 
 /** Synthesizes the stack for a context, with the AWS Solutions checks applied. */
