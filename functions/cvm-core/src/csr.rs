@@ -6,7 +6,10 @@ use std::fmt;
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use der::asn1::ObjectIdentifier as Oid;
-use der::{Decode, DecodePem, Encode};
+use der::pem::LineEnding;
+use der::{Decode, DecodePem, Encode, EncodePem};
+use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage};
+use x509_cert::ext::Extension;
 use x509_cert::request::CertReq;
 use x509_cert::Certificate;
 
@@ -24,6 +27,16 @@ const SHA256_WITH_RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.11");
 const SHA384_WITH_RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.12");
 const SHA512_WITH_RSA: Oid = Oid::new_unwrap("1.2.840.113549.1.1.13");
 const COMMON_NAME: Oid = Oid::new_unwrap("2.5.4.3");
+/// PKCS#9 extensionRequest, and Microsoft's older attribute of the same meaning.
+const EXTENSION_REQUEST: Oid = Oid::new_unwrap("1.2.840.113549.1.9.14");
+const MS_EXTENSION_REQUEST: Oid = Oid::new_unwrap("1.3.6.1.4.1.311.2.1.14");
+const SUBJECT_ALT_NAME: Oid = Oid::new_unwrap("2.5.29.17");
+const BASIC_CONSTRAINTS: Oid = Oid::new_unwrap("2.5.29.19");
+const KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.15");
+const EXTENDED_KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.37");
+const CLIENT_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.2");
+const SERVER_AUTH: Oid = Oid::new_unwrap("1.3.6.1.5.5.7.3.1");
+const ANY_EXTENDED_KEY_USAGE: Oid = Oid::new_unwrap("2.5.29.37.0");
 
 /// Why a CSR was refused. Each variant has a stable code for clients.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +53,10 @@ pub enum CsrError {
     UnsupportedKey(String),
     #[error("CSR subject must have exactly one common name (CN)")]
     MissingCommonName,
+    /// The certificate's names and usages are the server's to decide: a CSR that asks for
+    /// alternative names, CA rights or key usages is refused rather than trimmed.
+    #[error("CSR requests the {0} extension; the server decides a certificate's extensions (send a CSR with a subject and a key only)")]
+    ExtensionNotAllowed(&'static str),
 }
 
 impl CsrError {
@@ -52,6 +69,7 @@ impl CsrError {
             CsrError::UnsupportedSignatureAlgorithm => "csr_signature_algorithm_unsupported",
             CsrError::UnsupportedKey(_) => "csr_key_unsupported",
             CsrError::MissingCommonName => "csr_subject_invalid",
+            CsrError::ExtensionNotAllowed(_) => "csr_extension_not_allowed",
         }
     }
 }
@@ -102,9 +120,13 @@ impl fmt::Display for KeyFingerprint {
     }
 }
 
-/// A CSR whose self-signature verified and whose key passed the policy.
+/// A CSR whose self-signature verified, whose key passed the policy and which requests no
+/// extension the server decides.
 #[derive(Debug, Clone)]
 pub struct Csr {
+    /// The DER that was checked; what is sent on is re-encoded from it, never the text as
+    /// received (which may carry anything around or between its PEM lines).
+    der: Vec<u8>,
     pem: String,
     common_name: String,
     key_kind: KeyKind,
@@ -146,9 +168,17 @@ impl Csr {
             .map_err(|_| CsrError::BadSignature)?;
 
         let common_name = single_common_name(&req.info.subject)?;
+        refuse_extension_requests(&req)?;
 
+        let der = req
+            .to_der()
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
+        let pem = req
+            .to_pem(LineEnding::LF)
+            .map_err(|e| CsrError::Malformed(e.to_string()))?;
         Ok(Self {
-            pem: normalized,
+            der,
+            pem,
             common_name,
             key_kind,
             fingerprint: KeyFingerprint::of_spki_der(&spki_der),
@@ -156,8 +186,13 @@ impl Csr {
         })
     }
 
+    /// PEM re-encoded from the checked DER.
     pub fn pem(&self) -> &str {
         &self.pem
+    }
+    /// The checked DER of the whole request.
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
     pub fn common_name(&self) -> &str {
         &self.common_name
@@ -181,6 +216,142 @@ impl Csr {
             .map_err(|e| CsrError::Malformed(format!("issued certificate: {e}")))?;
         Ok(der == self.spki_der)
     }
+}
+
+/// The extension requests that would let a device choose what the server decides.
+fn refuse_extension_requests(req: &CertReq) -> Result<(), CsrError> {
+    for attribute in req.info.attributes.iter() {
+        if attribute.oid != EXTENSION_REQUEST && attribute.oid != MS_EXTENSION_REQUEST {
+            continue;
+        }
+        for value in attribute.values.iter() {
+            let extensions: Vec<Extension> = value
+                .decode_as()
+                .map_err(|e| CsrError::Malformed(format!("extension request: {e}")))?;
+            for extension in &extensions {
+                let name = match extension.extn_id {
+                    id if id == SUBJECT_ALT_NAME => "subjectAltName",
+                    id if id == BASIC_CONSTRAINTS => "basicConstraints",
+                    id if id == KEY_USAGE => "keyUsage",
+                    id if id == EXTENDED_KEY_USAGE => "extendedKeyUsage",
+                    // A critical extension we do not know could mean anything to a CA.
+                    _ if extension.critical => "critical",
+                    _ => continue,
+                };
+                return Err(CsrError::ExtensionNotAllowed(name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why an issued certificate is not what a device may hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertificateShapeError {
+    #[error("the certificate cannot be read: {0}")]
+    Unreadable(String),
+    #[error("the certificate is a CA certificate (basicConstraints CA:TRUE)")]
+    CaCertificate,
+    #[error("the certificate carries subject alternative names")]
+    AlternativeNames,
+    #[error(
+        "the certificate does not allow TLS client authentication (extendedKeyUsage clientAuth)"
+    )]
+    NotClientAuth,
+    #[error("the certificate also allows {0}")]
+    ExtraUsage(&'static str),
+}
+
+/// Checks what a private CA issued for a device: an end entity (no CA:TRUE), without
+/// alternative names, for TLS client authentication only. The CA's template decides these,
+/// so this catches a misconfigured or substituted template before a certificate is delivered.
+pub fn check_device_certificate_shape(certificate_pem: &str) -> Result<(), CertificateShapeError> {
+    let unreadable = |e: der::Error| CertificateShapeError::Unreadable(e.to_string());
+    let cert = Certificate::from_pem(certificate_pem.trim().as_bytes()).map_err(unreadable)?;
+    let tbs = cert.tbs_certificate();
+    if let Some((_, constraints)) = tbs
+        .get_extension::<BasicConstraints>()
+        .map_err(unreadable)?
+    {
+        if constraints.ca {
+            return Err(CertificateShapeError::CaCertificate);
+        }
+    }
+    let extensions = tbs.extensions().map(|e| e.as_slice()).unwrap_or_default();
+    if extensions.iter().any(|e| e.extn_id == SUBJECT_ALT_NAME) {
+        return Err(CertificateShapeError::AlternativeNames);
+    }
+    let Some((_, usages)) = tbs
+        .get_extension::<ExtendedKeyUsage>()
+        .map_err(unreadable)?
+    else {
+        return Err(CertificateShapeError::NotClientAuth);
+    };
+    if !usages.0.contains(&CLIENT_AUTH) {
+        return Err(CertificateShapeError::NotClientAuth);
+    }
+    if usages.0.contains(&SERVER_AUTH) {
+        return Err(CertificateShapeError::ExtraUsage(
+            "TLS server authentication",
+        ));
+    }
+    if usages.0.contains(&ANY_EXTENDED_KEY_USAGE) {
+        return Err(CertificateShapeError::ExtraUsage("any extended key usage"));
+    }
+    Ok(())
+}
+
+/// A certificate's public key: its kind, the raw key bytes (an EC point or a PKCS#1 RSA key,
+/// as signature verification takes them) and its fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedKey {
+    pub kind: KeyKind,
+    pub key_bytes: Vec<u8>,
+    pub fingerprint: KeyFingerprint,
+}
+
+/// The public key a certificate (PEM) carries, if it is of a kind devices may hold.
+pub fn certified_key(certificate_pem: &str) -> Result<CertifiedKey, CsrError> {
+    let cert = Certificate::from_pem(certificate_pem.trim().as_bytes())
+        .map_err(|e| CsrError::Malformed(format!("certificate: {e}")))?;
+    let spki = cert.tbs_certificate().subject_public_key_info();
+    let der = spki
+        .to_der()
+        .map_err(|e| CsrError::Malformed(format!("certificate: {e}")))?;
+    Ok(CertifiedKey {
+        kind: key_kind(spki)?,
+        key_bytes: spki.subject_public_key.raw_bytes().to_vec(),
+        fingerprint: KeyFingerprint::of_spki_der(&der),
+    })
+}
+
+/// The single common name of a certificate's subject.
+pub fn certificate_common_name(certificate_pem: &str) -> Result<String, CsrError> {
+    let cert = Certificate::from_pem(certificate_pem.trim().as_bytes())
+        .map_err(|e| CsrError::Malformed(format!("certificate: {e}")))?;
+    single_common_name(cert.tbs_certificate().subject())
+}
+
+/// A certificate's `notAfter`, in seconds since the Unix epoch.
+pub fn certificate_not_after(certificate_pem: &str) -> Result<i64, CsrError> {
+    let cert = Certificate::from_pem(certificate_pem.trim().as_bytes())
+        .map_err(|e| CsrError::Malformed(format!("certificate: {e}")))?;
+    let t = cert
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration();
+    i64::try_from(t.as_secs()).map_err(|_| CsrError::Malformed("certificate: notAfter".into()))
+}
+
+/// AWS IoT's id of a certificate: SHA-256 of its DER, lowercase hex.
+pub fn certificate_id(certificate_pem: &str) -> Result<String, CsrError> {
+    let cert = Certificate::from_pem(certificate_pem.trim().as_bytes())
+        .map_err(|e| CsrError::Malformed(format!("certificate: {e}")))?;
+    let der = cert
+        .to_der()
+        .map_err(|e| CsrError::Malformed(format!("certificate: {e}")))?;
+    Ok(hex::encode(digest::digest(&digest::SHA256, &der)))
 }
 
 /// The fingerprint of the public key a certificate (PEM) carries.
@@ -331,6 +502,106 @@ mod tests {
             Csr::parse_pem(&not_csr).unwrap_err().code(),
             "csr_malformed"
         );
+    }
+
+    fn rcgen_csr(edit: &dyn Fn(&mut rcgen::CertificateParams)) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "DEVICE-0001");
+        edit(&mut params);
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn extension_requests_the_server_decides_are_refused() {
+        type Edit<'a> = &'a dyn Fn(&mut rcgen::CertificateParams);
+        let cases: [(Edit, &str); 5] = [
+            (
+                &|p| {
+                    p.subject_alt_names =
+                        vec![rcgen::SanType::DnsName("bank.example".try_into().unwrap())]
+                },
+                "subjectAltName",
+            ),
+            (
+                &|p| {
+                    p.subject_alt_names =
+                        vec![rcgen::SanType::URI("spiffe://x/y".try_into().unwrap())]
+                },
+                "subjectAltName",
+            ),
+            (
+                &|p| p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+                "extendedKeyUsage",
+            ),
+            (
+                &|p| p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign],
+                "keyUsage",
+            ),
+            (
+                &|p| {
+                    p.custom_extensions = vec![{
+                        let mut e = rcgen::CustomExtension::from_oid_content(
+                            &[1, 3, 6, 1, 4, 1, 99999, 1],
+                            vec![0x05, 0x00],
+                        );
+                        e.set_criticality(true);
+                        e
+                    }]
+                },
+                "critical",
+            ),
+        ];
+        for (edit, name) in cases {
+            let err = Csr::parse_pem(&rcgen_csr(edit)).unwrap_err();
+            assert_eq!(err.code(), "csr_extension_not_allowed", "{name}: {err}");
+            assert_eq!(err, CsrError::ExtensionNotAllowed(name));
+        }
+        // basicConstraints: rcgen does not put it in requests; build the attribute by hand.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "DEVICE-0001");
+        params.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+            &[2, 5, 29, 19],
+            // SEQUENCE { BOOLEAN TRUE }: CA:TRUE
+            vec![0x30, 0x03, 0x01, 0x01, 0xff],
+        )];
+        let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+        assert_eq!(
+            Csr::parse_pem(&pem).unwrap_err(),
+            CsrError::ExtensionNotAllowed("basicConstraints")
+        );
+        // A harmless, non-critical request is no reason to refuse.
+        let benign = rcgen_csr(&|p| {
+            p.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 99999, 2],
+                vec![0x05, 0x00],
+            )]
+        });
+        assert!(Csr::parse_pem(&benign).is_ok());
+    }
+
+    #[test]
+    fn what_is_passed_on_is_re_encoded_from_the_checked_der() {
+        let pem = fixture("p256.csr.pem");
+        // Explanatory text before the block (RFC 7468 allows it) is never passed on...
+        let noisy = format!("junk before\n{}\n", pem.trim());
+        assert!(!Csr::parse_pem(&noisy).unwrap().pem().contains("junk"));
+        // ...and what is accepted is sent on in one canonical form, not as received.
+        let crlf = pem.trim().replace('\n', "\r\n");
+        let csr = Csr::parse_pem(&crlf).unwrap();
+        assert!(!csr.pem().contains('\r'));
+        assert_ne!(csr.pem(), crlf);
+        assert!(csr
+            .pem()
+            .starts_with("-----BEGIN CERTIFICATE REQUEST-----\n"));
+        let again = Csr::parse_pem(csr.pem()).unwrap();
+        assert_eq!(again.der(), csr.der());
+        assert_eq!(again.fingerprint(), csr.fingerprint());
     }
 
     #[test]

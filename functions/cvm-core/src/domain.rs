@@ -250,7 +250,12 @@ impl TokenHash {
 
     /// Constant-time: the comparison takes the same time wherever the first differing byte is.
     pub fn matches(&self, token: &Token) -> bool {
-        bool::from(self.0.ct_eq(&token.hash().0))
+        self.matches_hash(&token.hash())
+    }
+
+    /// Constant-time comparison of two hashes.
+    pub fn matches_hash(&self, other: &TokenHash) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
     }
 }
 

@@ -8,25 +8,50 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const NAMESPACE: &str = "CertificateVendingMachine";
 
 /// Where metric lines go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Metrics {
-    /// EMF to stdout (in Lambda).
-    Emf,
+    /// EMF to stdout (in Lambda), every metric with the deployment's stage as a dimension.
+    Emf { stage: String },
     /// Nothing (local servers, tests).
     Off,
 }
 
 impl Metrics {
-    /// Writes one record (see [`line`]).
+    /// Writes one record (see [`line`]): the `Stage` property is added, and every group's
+    /// dimensions start with `Stage`, so each deployment's metrics stay apart.
     pub fn emit(&self, properties: &[(&str, &str)], groups: &[MetricGroup<'_>]) {
-        if *self == Metrics::Off {
+        let Metrics::Emf { stage } = self else {
             return;
-        }
-        let mut out = line(properties, groups);
+        };
+        let mut out = staged_line(stage, properties, groups);
         out.push('\n');
         // A lost metric line is not worth failing a request for.
         let _ = std::io::stdout().lock().write_all(out.as_bytes());
     }
+}
+
+/// [`line`] with the `Stage` dimension on every group.
+pub fn staged_line(stage: &str, properties: &[(&str, &str)], groups: &[MetricGroup<'_>]) -> String {
+    let mut props = Vec::with_capacity(properties.len() + 1);
+    props.push(("Stage", stage));
+    props.extend_from_slice(properties);
+    let dimensions: Vec<Vec<&str>> = groups
+        .iter()
+        .map(|g| {
+            let mut d = vec!["Stage"];
+            d.extend_from_slice(g.dimensions);
+            d
+        })
+        .collect();
+    let staged: Vec<MetricGroup<'_>> = groups
+        .iter()
+        .zip(&dimensions)
+        .map(|(g, d)| MetricGroup {
+            dimensions: d,
+            metrics: g.metrics,
+        })
+        .collect();
+    line(&props, &staged)
 }
 
 /// One metric value and its CloudWatch unit.
@@ -100,7 +125,8 @@ mod tests {
 
     #[test]
     fn every_declared_metric_and_dimension_is_present() {
-        let text = line(
+        let text = staged_line(
+            "prod",
             &[("Outcome", "issued")],
             &[
                 MetricGroup {
@@ -130,6 +156,17 @@ mod tests {
         assert_eq!(v["Vends"], 1.0);
         assert_eq!(v["VendLatency"], 12.0);
         assert_eq!(v["Outcome"], "issued");
+        assert_eq!(v["Stage"], "prod");
+        for group in v["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+            assert_eq!(
+                group["Dimensions"][0][0], "Stage",
+                "every group is per stage"
+            );
+        }
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0],
+            serde_json::json!(["Stage", "Outcome"])
+        );
         assert!(v["_aws"]["Timestamp"].as_u64().unwrap() > 0);
     }
 }

@@ -5,9 +5,9 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 
-use crate::csr::Csr;
-use crate::domain::{Attributes, PolicyName, Serial, ThingName};
-use crate::record::{CertificateRef, Claim, DeviceRecord, IssuedCertificate};
+use crate::csr::{Csr, KeyFingerprint};
+use crate::domain::{Attributes, PolicyName, Serial, ThingName, TokenHash};
+use crate::record::{CertificateRef, Change, DeviceRecord, DeviceStatus, Guard};
 
 /// What kind of failure an adapter saw; the workflow decides retry advice from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,55 @@ pub enum Written {
     ConditionFailed,
 }
 
+/// What a device presents to be let in on its first enrollment, checked inside the same
+/// conditional write that claims the record (one round trip, no read before it).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// SHA-256 of the token presented, if one was.
+    pub token_hash: Option<TokenHash>,
+    /// The key of the CSR (or of the certificate, for fleet provisioning).
+    pub fingerprint: KeyFingerprint,
+    /// The subject's common name: it must be the serial or the record's thing name.
+    pub common_name: String,
+    /// Seconds since the Unix epoch: the record must not be locked out at this time.
+    pub now: i64,
+}
+
+impl Admission {
+    /// Whether `record` lets this device in: enrolled, not locked out, the right credential
+    /// (the token, and the registered key if there is one; or the registered key alone), and
+    /// an allowed subject. The reference semantics of [`DeviceStore::admit`].
+    pub fn admits(&self, record: &DeviceRecord) -> bool {
+        matches!(record.status, DeviceStatus::Enrolled)
+            && record.lockout.retry_after(self.now).is_none()
+            && self.credentials_match(record)
+            && (self.common_name == record.serial.as_str()
+                || self.common_name == record.thing_name.as_str())
+    }
+
+    /// The credential check alone: constant-time on the token hash.
+    pub fn credentials_match(&self, record: &DeviceRecord) -> bool {
+        let key_ok = |required: bool| match &record.credentials.registered_key {
+            Some(key) => key == &self.fingerprint,
+            None => !required,
+        };
+        match (&self.token_hash, &record.credentials.token_hash) {
+            (Some(presented), Some(stored)) => stored.matches_hash(presented) && key_ok(false),
+            (Some(_), None) => false,
+            (None, _) => key_ok(true),
+        }
+    }
+}
+
+/// What [`DeviceStore::admit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// The change was applied; the record as it is now.
+    Applied(DeviceRecord),
+    /// Nothing was written; the record as it is (`None`: no such serial).
+    Refused(Option<DeviceRecord>),
+}
+
 /// Device records in the table.
 pub trait DeviceStore: Send + Sync {
     /// Strongly consistent read.
@@ -95,41 +144,21 @@ pub trait DeviceStore: Send + Sync {
         record: &DeviceRecord,
     ) -> impl Future<Output = Result<Written, PortError>> + Send;
 
-    /// Atomically count a wrong token; returns the new count.
-    fn record_failed_attempt(
+    /// Apply `change` if [`Admission::admits`] the record; otherwise return the record as it
+    /// is, from the same call.
+    fn admit(
         &self,
         serial: &Serial,
-    ) -> impl Future<Output = Result<u32, PortError>> + Send;
+        admission: &Admission,
+        change: &Change,
+    ) -> impl Future<Output = Result<Admitted, PortError>> + Send;
 
-    /// Claim the record for a vend if it is still at `expected_version`.
-    fn claim(
+    /// Apply `change` if the record satisfies `guard` ([`Change::apply`] is the reference).
+    fn apply(
         &self,
         serial: &Serial,
-        expected_version: u64,
-        claim: &Claim,
-    ) -> impl Future<Output = Result<Written, PortError>> + Send;
-
-    /// Note the certificate the claim's vend created, before it becomes active.
-    fn record_pending(
-        &self,
-        serial: &Serial,
-        claim_id: &str,
-        certificate: &CertificateRef,
-    ) -> impl Future<Output = Result<Written, PortError>> + Send;
-
-    /// Finish the claim's vend: the record becomes `Issued`.
-    fn complete(
-        &self,
-        serial: &Serial,
-        claim_id: &str,
-        issued: &IssuedCertificate,
-    ) -> impl Future<Output = Result<Written, PortError>> + Send;
-
-    /// Give up the claim (its work has been undone): the record is `Enrolled` again.
-    fn release(
-        &self,
-        serial: &Serial,
-        claim_id: &str,
+        guard: &Guard,
+        change: &Change,
     ) -> impl Future<Output = Result<Written, PortError>> + Send;
 }
 
@@ -150,9 +179,23 @@ pub trait CertificateIssuer: Send + Sync {
         certificate: &CertificateRef,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 
-    /// Deactivate and delete (and revoke, where the CA supports it). The certificate must have
-    /// no attachments left. A certificate already gone is success.
+    /// INACTIVE in AWS IoT: the certificate can no longer connect, and can be activated again.
+    fn deactivate(
+        &self,
+        certificate: &CertificateRef,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// For a certificate never delivered: deactivate and delete (and revoke, where the CA
+    /// supports it). The certificate must have no attachments left. Already gone is success.
     fn discard(
+        &self,
+        certificate: &CertificateRef,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// For a delivered certificate the device must no longer use: REVOKED in AWS IoT (kept,
+    /// for the record) and revoked at the CA where the CA supports it. Already revoked is
+    /// success.
+    fn revoke(
         &self,
         certificate: &CertificateRef,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
@@ -190,6 +233,13 @@ pub trait ThingRegistry: Send + Sync {
     fn detach_thing_principal(
         &self,
         thing: &ThingName,
+        certificate: &CertificateRef,
+    ) -> impl Future<Output = Result<(), PortError>> + Send;
+
+    /// Detach every policy attached to the certificate (whatever the record says now: ops may
+    /// have changed the device's policy since).
+    fn detach_all_policies(
+        &self,
         certificate: &CertificateRef,
     ) -> impl Future<Output = Result<(), PortError>> + Send;
 }

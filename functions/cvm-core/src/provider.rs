@@ -28,7 +28,7 @@ use x509_cert::name::Name;
 use x509_cert::request::CertReq;
 use x509_cert::Certificate;
 
-use crate::csr::{Csr, CsrError};
+use crate::csr::{check_device_certificate_shape, Csr, CsrError};
 use crate::ports::{FailureKind, PortError};
 
 /// Private CA accepts idempotency tokens of at most this many characters.
@@ -342,6 +342,31 @@ impl ProviderError {
         }
     }
 
+    /// What the caller (AWS IoT, and through it the device) is told: the device's mistake in
+    /// full, a fault by its kind only. The cause (SDK errors, service messages) is for the
+    /// log.
+    pub fn public_message(&self) -> String {
+        match self {
+            ProviderError::InvalidRequest(_)
+            | ProviderError::InvalidCsr(_)
+            | ProviderError::SubjectNotAllowed { .. } => self.to_string(),
+            ProviderError::PrivateCa(e) => match e.kind {
+                FailureKind::Throttled => format!("{} was throttled; retry later", e.operation),
+                FailureKind::Unavailable => {
+                    format!("{} is unavailable; retry later", e.operation)
+                }
+                _ => format!("{} failed", e.operation),
+            },
+            ProviderError::TimedOut(_) => {
+                "Private CA did not issue the certificate in time; retry later".into()
+            }
+            ProviderError::CertificateMismatch(_) => {
+                "the certificate Private CA issued does not match the request; it was not delivered"
+                    .into()
+            }
+        }
+    }
+
     /// Whether the request itself was at fault (as opposed to the CA or this function).
     pub fn is_refusal(&self) -> bool {
         matches!(
@@ -458,8 +483,7 @@ impl<P: PrivateCa, T: Timer> CertificateProvider<P, T> {
                 });
             }
         }
-        let csr_der = csr_der(&csr).map_err(ProviderError::InvalidCsr)?;
-        let token = IdempotencyToken::derive(&csr_der, principal_id, &self.settings);
+        let token = IdempotencyToken::derive(csr.der(), principal_id, &self.settings);
         let (certificate_arn, certificate_pem) = issue_and_await(
             &self.ca,
             &self.timer,
@@ -505,14 +529,10 @@ where
     Ok((arn, pem))
 }
 
-fn csr_der(csr: &Csr) -> Result<Vec<u8>, CsrError> {
-    let req =
-        CertReq::from_pem(csr.pem().as_bytes()).map_err(|e| CsrError::Malformed(e.to_string()))?;
-    req.to_der().map_err(|e| CsrError::Malformed(e.to_string()))
-}
-
 /// Checks that a certificate carries the CSR's public key and subject, as AWS IoT requires
-/// of a certificate provider's answer.
+/// of a certificate provider's answer, and that it is a device's certificate: an end entity
+/// without alternative names, for TLS client authentication only
+/// ([`check_device_certificate_shape`]).
 pub fn check_certificate(csr: &Csr, certificate_pem: &str) -> Result<(), ProviderError> {
     let mismatch = ProviderError::CertificateMismatch;
     match csr.is_certified_by(certificate_pem) {
@@ -523,15 +543,14 @@ pub fn check_certificate(csr: &Csr, certificate_pem: &str) -> Result<(), Provide
     let req = CertReq::from_pem(csr.pem().as_bytes()).map_err(|e| mismatch(e.to_string()))?;
     let cert = Certificate::from_pem(certificate_pem.trim().as_bytes())
         .map_err(|e| mismatch(format!("issued certificate: {e}")))?;
-    if same_name(&req.info.subject, cert.tbs_certificate().subject()) {
-        Ok(())
-    } else {
-        Err(mismatch(format!(
+    if !same_name(&req.info.subject, cert.tbs_certificate().subject()) {
+        return Err(mismatch(format!(
             "subject {:?} is not the CSR's {:?}",
             cert.tbs_certificate().subject().to_string(),
             req.info.subject.to_string()
-        )))
+        )));
     }
+    check_device_certificate_shape(certificate_pem).map_err(|e| mismatch(e.to_string()))
 }
 
 /// Same distinguished name: identical DER, or the same attributes in the same order with the
@@ -715,7 +734,10 @@ pub mod fake {
             if let Some(arn) = self.tokens.lock().unwrap().get(&token) {
                 return Ok(arn.clone());
             }
-            let params = rcgen::CertificateSigningRequestParams::from_pem(request.csr_pem).unwrap();
+            let mut params =
+                rcgen::CertificateSigningRequestParams::from_pem(request.csr_pem).unwrap();
+            // As Private CA's client-authentication template issues them.
+            params.params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
             let pem = params.signed_by(&self.ca).unwrap().pem();
             let arn = format!(
                 "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/fake/certificate/{}",
@@ -986,7 +1008,7 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(e.idempotency_token, a.idempotency_token);
-        let der = csr_der(&Csr::parse_pem(&csr).unwrap()).unwrap();
+        let der = Csr::parse_pem(&csr).unwrap().der().to_vec();
         let mut s = settings();
         s.validity_days = 30;
         assert_ne!(
@@ -997,37 +1019,78 @@ mod tests {
     }
 
     #[test]
-    fn certificate_must_carry_the_csrs_key_and_subject() {
+    fn certificate_must_carry_the_csrs_key_and_subject_and_be_a_client_certificate() {
         let csr = Csr::parse_pem(&fixture("p256.csr.pem")).unwrap();
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         let ca = rcgen::Issuer::new(ca_params, ca_key);
+        let client_auth = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let issue = |edit: &dyn Fn(&mut rcgen::CertificateParams)| {
+            let mut p = rcgen::CertificateSigningRequestParams::from_pem(csr.pem()).unwrap();
+            p.params.extended_key_usages = client_auth.clone();
+            edit(&mut p.params);
+            p.signed_by(&ca).unwrap().pem()
+        };
 
-        let good = rcgen::CertificateSigningRequestParams::from_pem(csr.pem())
-            .unwrap()
-            .signed_by(&ca)
-            .unwrap()
-            .pem();
-        check_certificate(&csr, &good).unwrap();
+        check_certificate(&csr, &issue(&|_| {})).unwrap();
 
         let other_key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "DEVICE-0001");
+        params.extended_key_usages = client_auth.clone();
         let wrong_key = params.signed_by(&other_key, &ca).unwrap().pem();
         let err = check_certificate(&csr, &wrong_key).unwrap_err();
         assert_eq!(err.error_type(), "CertificateMismatch");
 
-        let mut csr_params = rcgen::CertificateSigningRequestParams::from_pem(csr.pem()).unwrap();
-        csr_params.params.distinguished_name = rcgen::DistinguishedName::new();
-        csr_params
-            .params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "SOMEONE-ELSE");
-        let wrong_subject = csr_params.signed_by(&ca).unwrap().pem();
+        let wrong_subject = issue(&|p| {
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "SOMEONE-ELSE");
+        });
         let err = check_certificate(&csr, &wrong_subject).unwrap_err();
         assert!(err.to_string().contains("SOMEONE-ELSE"), "{err}");
+
+        // The shape a misconfigured template gives: refused, each with its reason.
+        type Edit<'a> = &'a dyn Fn(&mut rcgen::CertificateParams);
+        let cases: [(Edit, &str); 5] = [
+            (
+                &|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained),
+                "CA certificate",
+            ),
+            (
+                &|p| {
+                    p.subject_alt_names =
+                        vec![rcgen::SanType::DnsName("bank.example".try_into().unwrap())]
+                },
+                "alternative names",
+            ),
+            (&|p| p.extended_key_usages = vec![], "client authentication"),
+            (
+                &|p| {
+                    p.extended_key_usages = vec![
+                        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                    ]
+                },
+                "server authentication",
+            ),
+            (
+                &|p| {
+                    p.extended_key_usages = vec![
+                        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                        rcgen::ExtendedKeyUsagePurpose::Any,
+                    ]
+                },
+                "any extended key usage",
+            ),
+        ];
+        for (edit, why) in cases {
+            let err = check_certificate(&csr, &issue(edit)).unwrap_err();
+            assert_eq!(err.error_type(), "CertificateMismatch");
+            assert!(err.to_string().contains(why), "{why}: {err}");
+        }
     }
 
     #[test]

@@ -6,14 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use aws_lc_rs::digest;
-
 use crate::csr::Csr;
 use crate::domain::{Attributes, PolicyName, Serial, ThingName};
 use crate::ports::{
-    CertificateIssuer, DeviceStore, FailureKind, NewCertificate, PortError, ThingRegistry, Written,
+    Admission, Admitted, CertificateIssuer, DeviceStore, FailureKind, NewCertificate, PortError,
+    ThingRegistry, Written,
 };
-use crate::record::{CertificateRef, Claim, DeviceRecord, DeviceStatus, IssuedCertificate};
+use crate::record::{CertificateRef, Change, DeviceRecord, Guard};
 
 /// Failures to inject, by operation name (e.g. `"issuer.activate"`), consumed in order.
 #[derive(Clone, Default)]
@@ -47,23 +46,52 @@ impl Faults {
     }
 }
 
-/// Every operation the fakes can fail, in workflow order.
+/// Every operation a vend goes through that the fakes can fail, in workflow order.
+/// `store.apply(...)` names the change (see [`change_name`]).
 pub const OPERATIONS: &[&str] = &[
-    "store.get",
-    "store.claim",
+    "store.admit",
     "issuer.issue",
     "registry.ensure_thing",
-    "store.record_pending",
+    "store.apply(pending)",
     "registry.attach_policy",
     "registry.attach_thing_principal",
     "issuer.activate",
-    "store.complete",
+    "store.apply(complete)",
 ];
 
+/// The fault-injection name of a conditional write.
+pub fn change_name(change: &Change) -> &'static str {
+    match change {
+        Change::Claim(_) => "store.apply(claim)",
+        Change::Pending(_) => "store.apply(pending)",
+        Change::Complete(..) => "store.apply(complete)",
+        Change::Release => "store.apply(release)",
+        Change::FailedAttempt(..) => "store.apply(failed_attempt)",
+        Change::Replayed(_) => "store.apply(replayed)",
+        Change::ProvisionedByClaim(..) => "store.apply(provisioned)",
+        Change::RenewalClaim(_) => "store.apply(renewal_claim)",
+        Change::RenewalPending(_) => "store.apply(renewal_pending)",
+        Change::RenewalProposed(..) => "store.apply(renewal_proposed)",
+        Change::RenewalConfirmed(..) => "store.apply(renewal_confirmed)",
+        Change::RenewalAbandoned(_) => "store.apply(renewal_abandoned)",
+        Change::Revoked { .. } => "store.apply(revoked)",
+        Change::Unlocked(_) => "store.apply(unlocked)",
+        Change::Reenrolled(..) => "store.apply(reenrolled)",
+    }
+}
+
+/// The device table in memory, with DynamoDB's semantics for what the workflow relies on:
+/// conditional writes, and answers that can be lost after the write committed.
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     records: Arc<Mutex<BTreeMap<Serial, DeviceRecord>>>,
     pub faults: Faults,
+    /// Writes (by [`change_name`], or `store.admit`) whose answer is lost after they commit;
+    /// the caller then gets what the SDK's automatic retry of the same request would get from
+    /// DynamoDB: the retry's condition evaluated on the record the first attempt wrote.
+    pub lost_answers: Arc<Mutex<Vec<&'static str>>>,
+    /// Writes that commit and then fail with an error (the SDK gave up on a lost answer).
+    pub failed_after_commit: Arc<Mutex<Vec<&'static str>>>,
 }
 
 impl MemoryStore {
@@ -71,47 +99,52 @@ impl MemoryStore {
         self.records.lock().unwrap().get(serial).cloned()
     }
 
-    /// Certificate ids the table knows (issued or pending).
+    pub fn put(&self, record: DeviceRecord) {
+        self.records
+            .lock()
+            .unwrap()
+            .insert(record.serial.clone(), record);
+    }
+
+    /// The next `operation` commits, then its answer is lost (and the SDK retries it).
+    pub fn lose_answer(&self, operation: &'static str) {
+        self.lost_answers.lock().unwrap().push(operation);
+    }
+
+    /// The next `operation` commits, then fails as if every retry's answer was lost too.
+    pub fn fail_after_commit(&self, operation: &'static str) {
+        self.failed_after_commit.lock().unwrap().push(operation);
+    }
+
+    fn take(list: &Mutex<Vec<&'static str>>, operation: &'static str) -> bool {
+        let mut list = list.lock().unwrap();
+        match list.iter().position(|o| *o == operation) {
+            Some(i) => {
+                list.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn answer_lost(&self, operation: &'static str) -> bool {
+        let mut lost = self.lost_answers.lock().unwrap();
+        match lost.iter().position(|o| *o == operation) {
+            Some(i) => {
+                lost.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Certificate ids the table knows.
     pub fn known_certificate_ids(&self) -> BTreeSet<String> {
         let records = self.records.lock().unwrap();
-        let mut ids = BTreeSet::new();
-        for r in records.values() {
-            match &r.status {
-                DeviceStatus::Issued(i) => {
-                    ids.insert(i.certificate.id.clone());
-                }
-                DeviceStatus::Claimed(c) => {
-                    if let Some(p) = &c.pending {
-                        ids.insert(p.id.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
-        ids
-    }
-
-    fn update(&self, serial: &Serial, f: impl FnOnce(&mut DeviceRecord) -> bool) -> Written {
-        let mut records = self.records.lock().unwrap();
-        match records.get_mut(serial) {
-            Some(r) => {
-                let mut copy = r.clone();
-                if f(&mut copy) {
-                    *r = copy;
-                    Written::Done
-                } else {
-                    Written::ConditionFailed
-                }
-            }
-            None => Written::ConditionFailed,
-        }
-    }
-}
-
-fn claimed_by<'a>(r: &'a mut DeviceRecord, claim_id: &str) -> Option<&'a mut Claim> {
-    match &mut r.status {
-        DeviceStatus::Claimed(c) if c.id == claim_id => Some(c),
-        _ => None,
+        records
+            .values()
+            .flat_map(|r| r.certificate_ids().into_iter().map(str::to_owned))
+            .collect()
     }
 }
 
@@ -131,76 +164,57 @@ impl DeviceStore for MemoryStore {
         Ok(Written::Done)
     }
 
-    async fn record_failed_attempt(&self, serial: &Serial) -> Result<u32, PortError> {
-        self.faults.check("store.record_failed_attempt")?;
+    async fn admit(
+        &self,
+        serial: &Serial,
+        admission: &Admission,
+        change: &Change,
+    ) -> Result<Admitted, PortError> {
+        self.faults.check("store.admit")?;
         let mut records = self.records.lock().unwrap();
-        let r = records
-            .get_mut(serial)
-            .ok_or_else(|| PortError::new(FailureKind::NotFound, "store.record_failed_attempt"))?;
-        r.failed_attempts += 1;
-        Ok(r.failed_attempts)
+        let Some(record) = records.get_mut(serial) else {
+            return Ok(Admitted::Refused(None));
+        };
+        if !admission.admits(record) {
+            return Ok(Admitted::Refused(Some(record.clone())));
+        }
+        *record = change.apply(record);
+        if self.answer_lost("store.admit") {
+            // The retry's condition no longer holds (the record is claimed now): refused,
+            // with the record as the first attempt left it.
+            return Ok(if admission.admits(record) {
+                Admitted::Applied(record.clone())
+            } else {
+                Admitted::Refused(Some(record.clone()))
+            });
+        }
+        Ok(Admitted::Applied(record.clone()))
     }
 
-    async fn claim(
+    async fn apply(
         &self,
         serial: &Serial,
-        expected_version: u64,
-        claim: &Claim,
+        guard: &Guard,
+        change: &Change,
     ) -> Result<Written, PortError> {
-        self.faults.check("store.claim")?;
-        Ok(self.update(serial, |r| {
-            if r.version != expected_version {
-                return false;
-            }
-            r.status = DeviceStatus::Claimed(claim.clone());
-            r.version += 1;
-            true
-        }))
-    }
-
-    async fn record_pending(
-        &self,
-        serial: &Serial,
-        claim_id: &str,
-        certificate: &CertificateRef,
-    ) -> Result<Written, PortError> {
-        self.faults.check("store.record_pending")?;
-        Ok(self.update(serial, |r| match claimed_by(r, claim_id) {
-            Some(c) => {
-                c.pending = Some(certificate.clone());
-                true
-            }
-            None => false,
-        }))
-    }
-
-    async fn complete(
-        &self,
-        serial: &Serial,
-        claim_id: &str,
-        issued: &IssuedCertificate,
-    ) -> Result<Written, PortError> {
-        self.faults.check("store.complete")?;
-        Ok(self.update(serial, |r| {
-            if claimed_by(r, claim_id).is_none() {
-                return false;
-            }
-            r.status = DeviceStatus::Issued(issued.clone());
-            r.version += 1;
-            true
-        }))
-    }
-
-    async fn release(&self, serial: &Serial, claim_id: &str) -> Result<Written, PortError> {
-        self.faults.check("store.release")?;
-        Ok(self.update(serial, |r| {
-            if claimed_by(r, claim_id).is_none() {
-                return false;
-            }
-            r.status = DeviceStatus::Enrolled;
-            r.version += 1;
-            true
-        }))
+        let name = change_name(change);
+        self.faults.check(name)?;
+        let mut records = self.records.lock().unwrap();
+        let Some(record) = records.get_mut(serial) else {
+            return Ok(Written::ConditionFailed);
+        };
+        if !guard.admits(record) {
+            return Ok(Written::ConditionFailed);
+        }
+        *record = change.apply(record);
+        if Self::take(&self.failed_after_commit, name) {
+            return Err(PortError::new(FailureKind::Unavailable, name).with_code("AnswerLost"));
+        }
+        if self.answer_lost(name) && !guard.admits(record) {
+            // The retry of the same write is refused by its own condition.
+            return Ok(Written::ConditionFailed);
+        }
+        Ok(Written::Done)
     }
 }
 
@@ -208,6 +222,7 @@ impl DeviceStore for MemoryStore {
 pub enum CertStatus {
     Active,
     Inactive,
+    Revoked,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +242,9 @@ pub struct IotState {
     pub created: usize,
 }
 
+/// Something to run when a fake is called.
+type Hook = Box<dyn Fn() + Send + Sync>;
+
 /// AWS IoT in memory: an issuer signing with a real (test) CA, and a registry.
 #[derive(Clone)]
 pub struct FakeIot {
@@ -236,6 +254,8 @@ pub struct FakeIot {
     pub faults: Faults,
     /// Make the issuer certify a different key than the CSR's (as an unfaithful CA would).
     pub certify_wrong_key: Arc<Mutex<bool>>,
+    /// Run on every issue (a slow CA, a clock that moves meanwhile).
+    on_issue: Arc<Mutex<Option<Hook>>>,
 }
 
 impl Default for FakeIot {
@@ -259,7 +279,13 @@ impl FakeIot {
             ca_pem: cert.pem(),
             faults: Faults::default(),
             certify_wrong_key: Arc::default(),
+            on_issue: Arc::default(),
         }
+    }
+
+    /// Runs `f` on every issue.
+    pub fn on_issue(&self, f: impl Fn() + Send + Sync + 'static) {
+        *self.on_issue.lock().unwrap() = Some(Box::new(f));
     }
 
     /// Active certificates whose id the table does not know: must always be empty.
@@ -293,6 +319,9 @@ impl FakeIot {
 impl CertificateIssuer for FakeIot {
     async fn issue(&self, csr: &Csr) -> Result<NewCertificate, PortError> {
         self.faults.check("issuer.issue")?;
+        if let Some(f) = self.on_issue.lock().unwrap().as_ref() {
+            f();
+        }
         let pem = if *self.certify_wrong_key.lock().unwrap() {
             let other = rcgen::KeyPair::generate().unwrap();
             let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -302,7 +331,8 @@ impl CertificateIssuer for FakeIot {
                 .map_err(|e| PortError::new(FailureKind::Other, "issuer.issue").with_source(e))?;
             params.signed_by(&self.ca).unwrap().pem()
         };
-        let id = hex::encode(digest::digest(&digest::SHA256, pem.as_bytes()));
+        // As AWS IoT: SHA-256 of the DER.
+        let id = crate::csr::certificate_id(&pem).unwrap();
         let arn = format!("arn:aws:iot:us-east-1:123456789012:cert/{id}");
         let mut state = self.state.lock().unwrap();
         state.created += 1;
@@ -328,6 +358,26 @@ impl CertificateIssuer for FakeIot {
             .get_mut(&certificate.id)
             .ok_or_else(|| PortError::new(FailureKind::NotFound, "issuer.activate"))?;
         cert.status = CertStatus::Active;
+        Ok(())
+    }
+
+    async fn deactivate(&self, certificate: &CertificateRef) -> Result<(), PortError> {
+        self.faults.check("issuer.deactivate")?;
+        let mut state = self.state.lock().unwrap();
+        match state.certificates.get_mut(&certificate.id) {
+            Some(c) if c.status == CertStatus::Active => c.status = CertStatus::Inactive,
+            Some(_) => {}
+            None => return Err(PortError::new(FailureKind::NotFound, "issuer.deactivate")),
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, certificate: &CertificateRef) -> Result<(), PortError> {
+        self.faults.check("issuer.revoke")?;
+        let mut state = self.state.lock().unwrap();
+        if let Some(c) = state.certificates.get_mut(&certificate.id) {
+            c.status = CertStatus::Revoked;
+        }
         Ok(())
     }
 
@@ -432,6 +482,16 @@ impl ThingRegistry for FakeIot {
             .unwrap()
             .thing_principals
             .remove(&(thing.as_str().to_owned(), certificate.arn.clone()));
+        Ok(())
+    }
+
+    async fn detach_all_policies(&self, certificate: &CertificateRef) -> Result<(), PortError> {
+        self.faults.check("registry.detach_all_policies")?;
+        self.state
+            .lock()
+            .unwrap()
+            .policy_attachments
+            .retain(|(_, arn)| *arn != certificate.arn);
         Ok(())
     }
 }

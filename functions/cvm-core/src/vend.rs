@@ -1,17 +1,22 @@
 //! The vending workflow: from `{serial, token, csr}` to a certificate attached to a thing.
 //!
 //! Critical path, in sequential AWS round trips:
-//! 1. read the record;
-//! 2. claim it (conditional write on its version);
-//! 3. issue the certificate (inactive) ‖ create the thing;
-//! 4. record the pending certificate ‖ attach the policy ‖ attach the certificate to the thing;
-//! 5. activate the certificate;
-//! 6. mark the record issued.
+//! 1. claim the record: one conditional write that checks the token (or the registered key),
+//!    the lockout, the subject and the state, and returns the record (no read before it);
+//! 2. issue the certificate (inactive) ‖ create the thing;
+//! 3. record the pending certificate ‖ attach the policy ‖ attach the certificate to the thing;
+//! 4. activate the certificate;
+//! 5. mark the record issued.
+//!
+//! A refused claim answers with the record as it was (same round trip), which tells a wrong
+//! token, a lockout, a replay and a vend in progress apart.
 //!
 //! Faults lose nothing: a failed step undoes what was done (detach, deactivate, delete) and
 //! releases the claim, so the token stays usable. A certificate only becomes active after the
 //! table knows its id, so a vend that dies anywhere leaves no active certificate the table does
 //! not know; a later vend takes over the expired claim and removes what the dead one left.
+//! Writes whose answer may have been lost (the SDK retried a write that had committed) are
+//! settled by reading the record, never by undoing a certificate the record delivered.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +26,17 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};
 
+use crate::audit::{AuditEvent, AuditKind};
 use crate::csr::Csr;
-use crate::domain::{Serial, ThingName, Token, TokenHash};
+use crate::domain::{Serial, ThingName, Token};
+use crate::lockout::LockoutPolicy;
 use crate::ports::{
-    CertificateIssuer, DeviceStore, FailureKind, NewCertificate, PortError, ThingRegistry, Written,
+    Admission, Admitted, CertificateIssuer, DeviceStore, FailureKind, NewCertificate, PortError,
+    ThingRegistry, Written,
 };
-use crate::record::{CertificateRef, Claim, DeviceRecord, DeviceStatus, IssuedCertificate};
+use crate::record::{
+    CertificateRef, Change, Claim, DeviceRecord, DeviceStatus, Door, Guard, IssuedCertificate,
+};
 use crate::PolicyName;
 
 /// AWS IoT endpoints a device needs, returned with its certificate.
@@ -41,24 +51,39 @@ pub struct Endpoints {
 #[derive(Debug, Clone)]
 pub struct VendConfig {
     pub default_policy: PolicyName,
-    /// Wrong tokens allowed before the serial locks.
-    pub max_failed_attempts: u32,
+    /// How wrong tokens slow a serial down.
+    pub lockout: LockoutPolicy,
     /// How long a claim protects a vend in progress. Longer than the function's timeout, so
     /// a claim is only taken over from a vend that is surely dead.
     pub claim_lease: Duration,
+    /// A vend does not activate its certificate with less than this left of its lease: it
+    /// undoes its work instead, so it never races a takeover.
+    pub activation_margin: Duration,
     pub endpoints: Endpoints,
     /// PEM certificates a device should trust (the CA chain of its certificate and of the
     /// endpoints).
     pub ca_certificates: Vec<String>,
     /// The IoT role alias for the credentials provider, if the deployment has one.
     pub role_alias: Option<String>,
+    /// How renewals wait for proof, and how late they may come.
+    pub renewal: crate::renew::RenewalPolicy,
+}
+
+impl VendConfig {
+    pub fn policy_for(&self, record: &DeviceRecord) -> PolicyName {
+        record
+            .policy_name
+            .clone()
+            .unwrap_or_else(|| self.default_policy.clone())
+    }
 }
 
 /// A request whose every part has been parsed.
 #[derive(Debug)]
 pub struct VendRequest {
     pub serial: Serial,
-    pub token: Token,
+    /// Absent for a device whose key was registered at enrollment.
+    pub token: Option<Token>,
     pub csr: Csr,
 }
 
@@ -86,14 +111,24 @@ pub enum VendError {
     /// Unknown serial or wrong token: deliberately one answer for both.
     #[error("serial or token not recognised")]
     InvalidCredentials,
-    #[error("too many wrong tokens; the enrollment is locked until it is renewed")]
-    Locked,
+    #[error("too many wrong tokens for this serial; retry after the given delay")]
+    Locked { retry_after: Duration },
+    #[error("this device's key was registered at enrollment; the CSR is for another key")]
+    KeyNotRegistered,
     #[error("this device has been revoked")]
     Revoked,
     #[error("the CSR's common name must be the device serial or its thing name")]
     SubjectNotAllowed,
     #[error("a certificate has already been issued to this device for another key")]
     AlreadyIssued,
+    /// Renewal: unknown serial, or the signature does not verify with the key of the
+    /// certificate on record (one answer for both).
+    #[error("the signature does not verify with this device's certificate on record")]
+    InvalidSignature,
+    #[error("this device has no certificate to renew or confirm; enroll it first")]
+    NothingToRenew,
+    #[error("the certificate on record expired longer ago than renewals allow; ops must re-enroll the device")]
+    RenewalExpired,
     #[error("another enrollment for this serial is in progress")]
     InProgress { retry_after: Duration },
     #[error("a dependency is unavailable: {source}")]
@@ -110,10 +145,14 @@ impl VendError {
     pub fn code(&self) -> &'static str {
         match self {
             VendError::InvalidCredentials => "invalid_credentials",
-            VendError::Locked => "enrollment_locked",
+            VendError::Locked { .. } => "enrollment_locked",
+            VendError::KeyNotRegistered => "csr_key_not_registered",
             VendError::Revoked => "device_revoked",
             VendError::SubjectNotAllowed => "csr_subject_not_allowed",
             VendError::AlreadyIssued => "already_issued",
+            VendError::InvalidSignature => "invalid_signature",
+            VendError::NothingToRenew => "nothing_to_renew",
+            VendError::RenewalExpired => "renewal_expired",
             VendError::InProgress { .. } => "enrollment_in_progress",
             VendError::Unavailable { source, .. } if source.kind == FailureKind::Throttled => {
                 "service_busy"
@@ -126,7 +165,7 @@ impl VendError {
 
 /// Maps a failed dependency call: throttling and outages are worth a retry later (503 with
 /// Retry-After); anything else (access denied, a bad configuration) is our fault (500).
-fn unavailable(source: PortError) -> VendError {
+pub fn unavailable(source: PortError) -> VendError {
     let retry_after = match source.kind {
         FailureKind::Throttled => Duration::from_secs(2),
         FailureKind::Unavailable | FailureKind::NotFound => Duration::from_secs(5),
@@ -138,15 +177,15 @@ fn unavailable(source: PortError) -> VendError {
     }
 }
 
-/// A clock, injectable so tests can expire claims.
+/// A clock, injectable so tests can expire claims and lockouts.
 pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
 pub struct Vendor<S, I, R> {
-    store: S,
-    issuer: I,
-    registry: R,
-    config: VendConfig,
-    clock: Clock,
+    pub(crate) store: S,
+    pub(crate) issuer: I,
+    pub(crate) registry: R,
+    pub(crate) config: VendConfig,
+    pub(crate) clock: Clock,
 }
 
 impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
@@ -174,68 +213,129 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         &self.config
     }
 
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub(crate) fn now(&self) -> OffsetDateTime {
+        (self.clock)()
+    }
+
     #[tracing::instrument(name = "vend", skip_all, fields(serial = %request.serial, key = %request.csr.fingerprint()))]
     pub async fn vend(&self, request: &VendRequest) -> Result<VendOutcome, VendError> {
         let serial = &request.serial;
-        let record = self.store.get(serial).await.map_err(unavailable)?;
-        let Some(record) = record else {
-            // The same work as a wrong token (a hash comparison and a conditional write that
-            // fails here), so neither the answer nor its timing tells unknown serials apart.
-            let _ = TokenHash::placeholder().matches(&request.token);
-            let _ = self.store.record_failed_attempt(serial).await;
-            info!(reason = "unknown serial", "refused");
-            return Err(VendError::InvalidCredentials);
-        };
-        if !record.token_hash.matches(&request.token) {
-            self.count_failed_attempt(&record).await;
-            return Err(VendError::InvalidCredentials);
-        }
-        if record.failed_attempts >= self.config.max_failed_attempts {
-            return Err(VendError::Locked);
-        }
-        let cn = request.csr.common_name();
-        if cn != serial.as_str() && cn != record.thing_name.as_str() {
-            return Err(VendError::SubjectNotAllowed);
-        }
-
-        let now = (self.clock)();
-        let mut stale_pending = None;
-        match &record.status {
-            DeviceStatus::Revoked { .. } => return Err(VendError::Revoked),
-            DeviceStatus::Issued(issued) => {
-                if &issued.fingerprint == request.csr.fingerprint() {
-                    info!(certificate_id = %issued.certificate.id, "replayed");
-                    return Ok(VendOutcome::Replayed(
-                        self.delivery(&record, issued.clone()),
-                    ));
-                }
-                return Err(VendError::AlreadyIssued);
-            }
-            DeviceStatus::Claimed(claim) => {
-                let lease = i64::try_from(self.config.claim_lease.as_secs()).unwrap_or(i64::MAX);
-                let expires = claim.claimed_at.saturating_add(lease);
-                if now.unix_timestamp() < expires {
-                    let left = u64::try_from(expires - now.unix_timestamp()).unwrap_or(1);
-                    return Err(VendError::InProgress {
-                        retry_after: Duration::from_secs(left.clamp(1, 30)),
-                    });
-                }
-                warn!(stale_claim = %claim.id, "taking over an expired claim");
-                stale_pending = claim.pending.clone();
-            }
-            DeviceStatus::Enrolled => {}
-        }
-
+        let now = self.now().unix_timestamp();
         let claim = Claim {
             id: new_claim_id()?,
             fingerprint: request.csr.fingerprint().clone(),
-            claimed_at: now.unix_timestamp(),
-            // Carried over so the table keeps knowing a dead vend's certificate until it is gone.
-            pending: stale_pending.clone(),
+            claimed_at: now,
+            pending: None,
         };
+        let admission = Admission {
+            token_hash: request.token.as_ref().map(Token::hash),
+            fingerprint: request.csr.fingerprint().clone(),
+            common_name: request.csr.common_name().to_owned(),
+            now,
+        };
+        let admitted = self
+            .store
+            .admit(serial, &admission, &Change::Claim(claim.clone()))
+            .await
+            .map_err(unavailable)?;
+        let record = match admitted {
+            Admitted::Applied(record) => record,
+            // The SDK retried a claim whose first answer was lost: the claim is ours.
+            Admitted::Refused(Some(record)) if is_claimed_by(&record, &claim.id) => record,
+            Admitted::Refused(None) => return Err(self.unknown_serial(serial, &admission).await),
+            Admitted::Refused(Some(record)) => {
+                return self.refused(request, &admission, record).await
+            }
+        };
+        self.issue_claimed(request, &record, &claim).await
+    }
+
+    /// Why the claim was refused, from the record as it was; a vend that finds an expired
+    /// claim takes it over.
+    async fn refused(
+        &self,
+        request: &VendRequest,
+        admission: &Admission,
+        record: DeviceRecord,
+    ) -> Result<VendOutcome, VendError> {
+        let now = admission.now;
+        if let Some(retry_after) = record.lockout.retry_after(now) {
+            info!(reason = "locked out", "refused");
+            return Err(VendError::Locked { retry_after });
+        }
+        if !admission.credentials_match(&record) {
+            if admission.token_hash.is_some() && record_token_matches(admission, &record) {
+                // The right token with another key than the registered one: not a guess.
+                info!(reason = "key not registered", "refused");
+                return Err(VendError::KeyNotRegistered);
+            }
+            self.count_failure(&record, now).await;
+            return Err(VendError::InvalidCredentials);
+        }
+        let cn = request.csr.common_name();
+        if cn != record.serial.as_str() && cn != record.thing_name.as_str() {
+            return Err(VendError::SubjectNotAllowed);
+        }
+        match &record.status {
+            DeviceStatus::Revoked { .. } => Err(VendError::Revoked),
+            DeviceStatus::Issued { current, .. } => {
+                if &current.fingerprint != request.csr.fingerprint() {
+                    return Err(VendError::AlreadyIssued);
+                }
+                info!(certificate_id = %current.certificate.id, "replayed");
+                let event = AuditEvent::new(
+                    rfc3339(self.now()),
+                    AuditKind::Replayed,
+                    "device (vend)",
+                    current.certificate.id.clone(),
+                );
+                let history = crate::audit::with_event(&record.history, event);
+                self.note(&record, Change::Replayed(history)).await;
+                Ok(VendOutcome::Replayed(
+                    self.delivery(&record, current.clone()),
+                ))
+            }
+            DeviceStatus::Claimed(claim) => {
+                if claim.is_live(self.config.claim_lease, now) {
+                    let left = claim.expires_at(self.config.claim_lease) - now;
+                    return Err(VendError::InProgress {
+                        retry_after: Duration::from_secs(
+                            u64::try_from(left).unwrap_or(1).clamp(1, 30),
+                        ),
+                    });
+                }
+                self.take_over(request, &record, claim).await
+            }
+            // Changed between the claim and now (a vend released it): try again shortly.
+            DeviceStatus::Enrolled => Err(VendError::InProgress {
+                retry_after: Duration::from_secs(1),
+            }),
+        }
+    }
+
+    /// The claim of a vend that died: take it over (carrying its pending certificate so the
+    /// table keeps knowing it), remove what it left, and vend.
+    async fn take_over(
+        &self,
+        request: &VendRequest,
+        record: &DeviceRecord,
+        stale: &Claim,
+    ) -> Result<VendOutcome, VendError> {
+        warn!(stale_claim = %stale.id, "taking over an expired claim");
+        let claim = Claim {
+            id: new_claim_id()?,
+            fingerprint: request.csr.fingerprint().clone(),
+            claimed_at: self.now().unix_timestamp(),
+            pending: stale.pending.clone(),
+        };
+        let change = Change::Claim(claim.clone());
         match self
             .store
-            .claim(serial, record.version, &claim)
+            .apply(&request.serial, &Guard::Version(record.version), &change)
             .await
             .map_err(unavailable)?
         {
@@ -246,28 +346,41 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
                 })
             }
         }
-
-        if let Some(stale) = &stale_pending {
-            // Keep the claim (and so the record of the stale certificate) if this fails: the
-            // next attempt after the lease will try again.
-            self.undo(&record, stale).await.map_err(unavailable)?;
+        let record = change.apply(record);
+        if let Some(leftover) = &stale.pending {
+            // Keep the claim (and so the record of the leftover) if this fails: the next
+            // attempt after the lease will try again.
+            self.undo(&record, leftover).await.map_err(unavailable)?;
         }
+        self.issue_claimed(request, &record, &claim).await
+    }
 
-        match self.issue_under_claim(request, &record, &claim).await {
+    /// Steps 2 to 5 under the claim; on a failure that was undone, the claim is released.
+    async fn issue_claimed(
+        &self,
+        request: &VendRequest,
+        record: &DeviceRecord,
+        claim: &Claim,
+    ) -> Result<VendOutcome, VendError> {
+        match self.issue_under_claim(request, record, claim).await {
             Ok(delivery) => Ok(VendOutcome::Issued(delivery)),
             Err(Failure { error, undone }) => {
                 if undone {
-                    if let Err(e) = self.store.release(serial, &claim.id).await {
-                        // The claim expires by itself; the token is usable again after the lease.
-                        warn!(error = %e, "could not release the claim");
-                    }
+                    self.release(&request.serial, &claim.id).await;
                 }
                 Err(error)
             }
         }
     }
 
-    /// Steps 3 to 6. On failure, says whether the work was undone (so the claim may be released).
+    async fn release(&self, serial: &Serial, claim_id: &str) {
+        let guard = Guard::Claim(claim_id.to_owned());
+        if let Err(e) = self.store.apply(serial, &guard, &Change::Release).await {
+            // The claim expires by itself; the token is usable again after the lease.
+            warn!(error = %e, "could not release the claim");
+        }
+    }
+
     async fn issue_under_claim(
         &self,
         request: &VendRequest,
@@ -275,7 +388,7 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         claim: &Claim,
     ) -> Result<Delivery, Failure> {
         let serial = &request.serial;
-        let policy = self.policy_for(record);
+        let policy = self.config.policy_for(record);
 
         let (issued, thing) = tokio::join!(
             self.issuer.issue(&request.csr),
@@ -293,37 +406,41 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
                 .fail_and_undo(record, &certificate, unavailable(e))
                 .await);
         }
-        match request.csr.is_certified_by(&certificate_pem) {
-            Ok(true) => {}
-            Ok(false) => {
-                let err = VendError::Internal(
-                    "the issuer returned a certificate for a different public key".into(),
-                );
-                return Err(self.fail_and_undo(record, &certificate, err).await);
-            }
-            Err(e) => {
-                let err = VendError::Internal(format!(
-                    "the issuer returned an unreadable certificate: {e}"
-                ));
-                return Err(self.fail_and_undo(record, &certificate, err).await);
-            }
+        if let Err(err) = check_issued_key(&request.csr, &certificate_pem) {
+            return Err(self.fail_and_undo(record, &certificate, err).await);
         }
 
+        let guard = Guard::Claim(claim.id.clone());
+        let record_pending = Change::Pending(certificate.clone());
         let (pending, policy_attached, thing_attached) = tokio::join!(
-            self.store.record_pending(serial, &claim.id, &certificate),
+            self.store.apply(serial, &guard, &record_pending),
             self.registry.attach_policy(&policy, &certificate),
             self.registry
                 .attach_thing_principal(&record.thing_name, &certificate),
         );
-        let step4 = match (pending, policy_attached, thing_attached) {
+        let attached = match (pending, policy_attached, thing_attached) {
             (Ok(Written::Done), Ok(()), Ok(())) => Ok(()),
             (Ok(Written::ConditionFailed), _, _) => Err(lost_claim()),
             (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(unavailable(e)),
         };
-        if let Err(err) = step4 {
+        if let Err(err) = attached {
             return Err(self.fail_and_undo(record, &certificate, err).await);
         }
 
+        // Never activate when a takeover could be deciding on this claim right now.
+        let elapsed = self.now().unix_timestamp() - claim.claimed_at;
+        let allowed = self
+            .config
+            .claim_lease
+            .saturating_sub(self.config.activation_margin);
+        if u64::try_from(elapsed).unwrap_or(u64::MAX) >= allowed.as_secs() {
+            let err = VendError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                source: PortError::new(FailureKind::Unavailable, "vend")
+                    .with_code("ClaimLeaseNearlyOver"),
+            };
+            return Err(self.fail_and_undo(record, &certificate, err).await);
+        }
         if let Err(e) = self.issuer.activate(&certificate).await {
             return Err(self
                 .fail_and_undo(record, &certificate, unavailable(e))
@@ -334,18 +451,72 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
             certificate: certificate.clone(),
             certificate_pem,
             fingerprint: request.csr.fingerprint().clone(),
-            issued_at: rfc3339((self.clock)()),
+            issued_at: rfc3339(self.now()),
+            door: Door::Vend,
         };
-        let completed = match self.store.complete(serial, &claim.id, &issued).await {
-            Ok(Written::Done) => Ok(()),
-            Ok(Written::ConditionFailed) => Err(lost_claim()),
-            Err(e) => Err(unavailable(e)),
-        };
-        if let Err(err) = completed {
-            return Err(self.fail_and_undo(record, &certificate, err).await);
+        let event = AuditEvent::new(
+            issued.issued_at.clone(),
+            AuditKind::Issued,
+            "device (vend)",
+            certificate.id.clone(),
+        );
+        let completed = self
+            .store
+            .apply(serial, &guard, &Change::Complete(issued.clone(), event))
+            .await;
+        match completed {
+            Ok(Written::Done) => {}
+            Ok(Written::ConditionFailed) | Err(_) => {
+                self.settle_completion(record, claim, &certificate, completed)
+                    .await?
+            }
         }
         info!(certificate_id = %certificate.id, thing = %record.thing_name, policy = %policy, "issued");
         Ok(self.delivery(record, issued))
+    }
+
+    /// The final write failed or was refused; it may still have committed (its answer lost,
+    /// the SDK's retry refused because the claim is gone). The record decides: issued with this
+    /// certificate is a success; still claimed by us, nothing was written and the work is
+    /// undone; unreadable, nothing is undone (the claim expires and a later vend settles it).
+    async fn settle_completion(
+        &self,
+        record: &DeviceRecord,
+        claim: &Claim,
+        certificate: &CertificateRef,
+        completed: Result<Written, PortError>,
+    ) -> Result<(), Failure> {
+        let error = match completed {
+            Err(e) => unavailable(e),
+            Ok(_) => lost_claim(),
+        };
+        match self.store.get(&record.serial).await {
+            Ok(Some(now)) => match &now.status {
+                DeviceStatus::Issued { current, .. }
+                    if current.certificate.id == certificate.id =>
+                {
+                    info!(certificate_id = %certificate.id, "completion committed; its answer was lost");
+                    Ok(())
+                }
+                _ => {
+                    let still_ours = is_claimed_by(&now, &claim.id);
+                    let failure = self.fail_and_undo(record, certificate, error).await;
+                    // Only release a claim that is still ours.
+                    Err(Failure {
+                        undone: failure.undone && still_ours,
+                        ..failure
+                    })
+                }
+            },
+            Ok(None) => Err(self.fail_and_undo(record, certificate, error).await),
+            Err(read) => {
+                error!(error = %read, certificate_id = %certificate.id, "completion unknown; left for the next attempt");
+                Err(Failure {
+                    error,
+                    undone: false,
+                })
+            }
+        }
     }
 
     async fn fail_and_undo(
@@ -369,13 +540,14 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         }
     }
 
-    /// Remove a certificate and its attachments. Each step accepts "already gone".
-    async fn undo(
+    /// Remove a certificate that was never delivered, and its attachments. Each step accepts
+    /// "already gone".
+    pub(crate) async fn undo(
         &self,
         record: &DeviceRecord,
         certificate: &CertificateRef,
     ) -> Result<(), PortError> {
-        let policy = self.policy_for(record);
+        let policy = self.config.policy_for(record);
         let (p, t) = tokio::join!(
             self.registry.detach_policy(&policy, certificate),
             self.registry
@@ -388,37 +560,44 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         Ok(())
     }
 
-    async fn count_failed_attempt(&self, record: &DeviceRecord) {
-        // Counted even when already locked, so a locked serial answers as fast as any other.
-        match self.store.record_failed_attempt(&record.serial).await {
-            Ok(n) if n == self.config.max_failed_attempts => {
-                warn!(
-                    failed_attempts = n,
-                    lockout = true,
-                    "serial locked after repeated wrong tokens"
-                );
+    /// An unknown serial does the same work as a wrong token (a constant-time comparison and
+    /// a conditional write that fails here), so neither the answer nor its timing tells.
+    async fn unknown_serial(&self, serial: &Serial, admission: &Admission) -> VendError {
+        if let Some(presented) = &admission.token_hash {
+            let _ = crate::TokenHash::placeholder().matches_hash(presented);
+        }
+        let failure = crate::Lockout::default().after_failure(&self.config.lockout, admission.now);
+        let guard = Guard::Lockout(crate::Lockout::default());
+        let _ = self
+            .store
+            .apply(serial, &guard, &Change::FailedAttempt(failure, None))
+            .await;
+        info!(reason = "unknown serial", "refused");
+        VendError::InvalidCredentials
+    }
+
+    /// Counts a wrong token against the record's lockout. Concurrent wrong tokens each count:
+    /// the write is conditional on the lockout as read, and re-read when it moved.
+    pub(crate) async fn count_failure(&self, record: &DeviceRecord, now: i64) {
+        crate::lifecycle::count_failure(&self.store, &self.config.lockout, record, now).await;
+    }
+
+    /// Records something that changes no state (a replay); a failure is logged, not raised.
+    async fn note(&self, record: &DeviceRecord, change: Change) {
+        let guard = Guard::Version(record.version);
+        match self.store.apply(&record.serial, &guard, &change).await {
+            Ok(Written::Done) => {}
+            Ok(Written::ConditionFailed) => {
+                info!("record changed meanwhile; the event is not in its history")
             }
-            Ok(n) => info!(
-                reason = "wrong token",
-                failed_attempts = n,
-                locked = n >= self.config.max_failed_attempts,
-                "refused"
-            ),
-            Err(e) => warn!(error = %e, "could not count a wrong token"),
+            Err(e) => warn!(error = %e, "could not record the event"),
         }
     }
 
-    fn policy_for(&self, record: &DeviceRecord) -> PolicyName {
-        record
-            .policy_name
-            .clone()
-            .unwrap_or_else(|| self.config.default_policy.clone())
-    }
-
-    fn delivery(&self, record: &DeviceRecord, issued: IssuedCertificate) -> Delivery {
+    pub(crate) fn delivery(&self, record: &DeviceRecord, issued: IssuedCertificate) -> Delivery {
         Delivery {
             thing_name: record.thing_name.clone(),
-            policy_name: self.policy_for(record),
+            policy_name: self.config.policy_for(record),
             issued,
             ca_certificates: self.config.ca_certificates.clone(),
             endpoints: self.config.endpoints.clone(),
@@ -427,13 +606,38 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
     }
 }
 
-struct Failure {
-    error: VendError,
-    undone: bool,
+/// The token matches the record's (whatever the key): used to tell a wrong key from a guess.
+fn record_token_matches(admission: &Admission, record: &DeviceRecord) -> bool {
+    match (&admission.token_hash, &record.credentials.token_hash) {
+        (Some(presented), Some(stored)) => stored.matches_hash(presented),
+        _ => false,
+    }
+}
+
+pub(crate) fn is_claimed_by(record: &DeviceRecord, claim_id: &str) -> bool {
+    matches!(&record.status, DeviceStatus::Claimed(c) if c.id == claim_id)
+}
+
+/// The issuer's certificate must carry the CSR's key; one that does not is never delivered.
+pub(crate) fn check_issued_key(csr: &Csr, certificate_pem: &str) -> Result<(), VendError> {
+    match csr.is_certified_by(certificate_pem) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(VendError::Internal(
+            "the issuer returned a certificate for a different public key".into(),
+        )),
+        Err(e) => Err(VendError::Internal(format!(
+            "the issuer returned an unreadable certificate: {e}"
+        ))),
+    }
+}
+
+pub(crate) struct Failure {
+    pub(crate) error: VendError,
+    pub(crate) undone: bool,
 }
 
 impl Failure {
-    fn undone(error: VendError) -> Self {
+    pub(crate) fn undone(error: VendError) -> Self {
         Self {
             error,
             undone: true,
@@ -441,11 +645,11 @@ impl Failure {
     }
 }
 
-fn lost_claim() -> VendError {
+pub(crate) fn lost_claim() -> VendError {
     VendError::Internal("the claim on the record was lost (lease exceeded)".into())
 }
 
-fn new_claim_id() -> Result<String, VendError> {
+pub(crate) fn new_claim_id() -> Result<String, VendError> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)
