@@ -2,6 +2,7 @@
 //! certificates and things. Each SDK error is mapped once, here, keeping the operation, the
 //! service's error code and the original error.
 
+pub mod config;
 pub mod dynamo;
 pub mod error;
 pub mod iot;

@@ -15,11 +15,12 @@ use cvm_core::provider::{
     Timer,
 };
 use cvm_core::record::CertificateRef;
+use cvm_core::csr::certificate_id;
 use cvm_core::Csr;
 
+use crate::config::PcaSettings;
 use crate::error::{error_code, missing, port_error};
-use crate::iot::{discard_certificate, set_status};
-use crate::vend_app::{number, required, ConfigError, Env};
+use crate::iot::{deactivate_certificate, discard_certificate, revoke_in_iot, set_status};
 
 /// Tokio's clock, for the real thing.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,77 +35,21 @@ impl Timer for TokioTimer {
     }
 }
 
-/// Where a Private CA and its issuing parameters are configured, for the certificate provider
-/// and the vend API alike:
-/// `CVM_PCA_ARN` (required), `CVM_PCA_TEMPLATE_ARN`, `CVM_VALIDITY_DAYS` (default 365),
-/// `CVM_SIGNING_ALGORITHM` (default: from the CA's key type, asked once at start-up).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcaSettings {
-    pub ca_arn: String,
-    pub template_arn: Option<String>,
-    pub validity_days: u32,
-    pub signing_algorithm: Option<SigningAlgorithm>,
-}
-
-impl PcaSettings {
-    pub fn from_lookup(env: Env) -> Result<Self, ConfigError> {
-        let ca_arn = required(env, "CVM_PCA_ARN")?;
-        if !ca_arn.starts_with("arn:") || !ca_arn.contains(":certificate-authority/") {
-            return Err(ConfigError::Invalid {
-                name: "CVM_PCA_ARN",
-                reason: format!("{ca_arn:?} is not a Private CA ARN"),
-            });
-        }
-        let template_arn = env("CVM_PCA_TEMPLATE_ARN").filter(|v| !v.trim().is_empty());
-        if let Some(t) = &template_arn {
-            if !t.starts_with("arn:") || !t.contains(":template/") {
-                return Err(ConfigError::Invalid {
-                    name: "CVM_PCA_TEMPLATE_ARN",
-                    reason: format!("{t:?} is not a Private CA template ARN"),
-                });
-            }
-        }
-        let validity_days = number(env, "CVM_VALIDITY_DAYS", 365u32)?;
-        if !(1..=36_500).contains(&validity_days) {
-            return Err(ConfigError::Invalid {
-                name: "CVM_VALIDITY_DAYS",
-                reason: "must be 1 to 36500".into(),
-            });
-        }
-        let signing_algorithm = match env("CVM_SIGNING_ALGORITHM").filter(|v| !v.trim().is_empty())
-        {
-            None => None,
-            Some(v) => Some(
-                SigningAlgorithm::parse(&v).ok_or_else(|| ConfigError::Invalid {
-                    name: "CVM_SIGNING_ALGORITHM",
-                    reason: format!(
-                        "{v:?} (supported: SHA256WITHRSA, SHA384WITHRSA, SHA512WITHRSA, \
-                     SHA256WITHECDSA, SHA384WITHECDSA, SHA512WITHECDSA)"
-                    ),
-                })?,
-            ),
-        };
-        Ok(Self {
-            ca_arn: ca_arn.trim().to_owned(),
-            template_arn: template_arn.map(|t| t.trim().to_owned()),
-            validity_days,
-            signing_algorithm,
-        })
-    }
-
-    /// The issuing parameters, asking the CA for its key type unless the signing algorithm
-    /// is configured (one `DescribeCertificateAuthority` per cold start).
-    pub async fn issue_settings(&self, ca: &AcmPca) -> Result<IssueSettings, PortError> {
-        let signing_algorithm = match self.signing_algorithm {
-            Some(a) => a,
-            None => SigningAlgorithm::for_key_type(ca.key_type().await?),
-        };
-        Ok(IssueSettings {
-            signing_algorithm,
-            validity_days: self.validity_days,
-            template_arn: self.template_arn.clone(),
-        })
-    }
+/// The issuing parameters, asking the CA for its key type unless the signing algorithm is
+/// configured (one `DescribeCertificateAuthority` per cold start).
+pub async fn issue_settings(
+    settings: &PcaSettings,
+    ca: &AcmPca,
+) -> Result<IssueSettings, PortError> {
+    let signing_algorithm = match settings.signing_algorithm {
+        Some(a) => a,
+        None => SigningAlgorithm::for_key_type(ca.key_type().await?),
+    };
+    Ok(IssueSettings {
+        signing_algorithm,
+        validity_days: settings.validity_days,
+        template_arn: Some(settings.template_arn.clone()),
+    })
 }
 
 /// One Private CA through the SDK.
@@ -319,45 +264,90 @@ impl PcaIssuer {
         }
     }
 
+    /// Registers the certificate INACTIVE. A certificate Private CA has just issued can only
+    /// be "already registered" by this very call: an earlier attempt whose answer was lost
+    /// (the SDK retried it). That registration is ours, and is taken as the answer.
     async fn register(&self, certificate_pem: &str) -> Result<CertificateRef, PortError> {
-        let (id, arn) = match &self.registration {
+        use aws_sdk_iot::operation::register_certificate::RegisterCertificateError as WithCaError;
+        use aws_sdk_iot::operation::register_certificate_without_ca::RegisterCertificateWithoutCAError as WithoutCaError;
+        let (op, result) = match &self.registration {
             Registration::WithoutCa => {
                 const OP: &str = "iot:RegisterCertificateWithoutCA";
-                let out = self
+                let result = self
                     .iot
                     .register_certificate_without_ca()
                     .certificate_pem(certificate_pem)
                     .status(CertificateStatus::Inactive)
                     .send()
-                    .await
-                    .map_err(|e| port_error(OP, e))?;
-                (
-                    out.certificate_id
-                        .ok_or_else(|| missing(OP, "certificateId"))?,
-                    out.certificate_arn
-                        .ok_or_else(|| missing(OP, "certificateArn"))?,
-                )
+                    .await;
+                let result = match result {
+                    Ok(out) => Ok((out.certificate_id, out.certificate_arn)),
+                    Err(e) => match e.as_service_error() {
+                        Some(WithoutCaError::ResourceAlreadyExistsException(x)) => {
+                            Err(Ok(x.resource_arn().map(str::to_owned)))
+                        }
+                        _ => Err(Err(port_error(OP, e))),
+                    },
+                };
+                (OP, result)
             }
             Registration::WithCa { ca_certificate_pem } => {
                 const OP: &str = "iot:RegisterCertificate";
-                let out = self
+                let result = self
                     .iot
                     .register_certificate()
                     .certificate_pem(certificate_pem)
                     .ca_certificate_pem(ca_certificate_pem)
                     .status(CertificateStatus::Inactive)
                     .send()
-                    .await
-                    .map_err(|e| port_error(OP, e))?;
-                (
-                    out.certificate_id
-                        .ok_or_else(|| missing(OP, "certificateId"))?,
-                    out.certificate_arn
-                        .ok_or_else(|| missing(OP, "certificateArn"))?,
-                )
+                    .await;
+                let result = match result {
+                    Ok(out) => Ok((out.certificate_id, out.certificate_arn)),
+                    Err(e) => match e.as_service_error() {
+                        Some(WithCaError::ResourceAlreadyExistsException(x)) => {
+                            Err(Ok(x.resource_arn().map(str::to_owned)))
+                        }
+                        _ => Err(Err(port_error(OP, e))),
+                    },
+                };
+                (OP, result)
             }
         };
-        Ok(CertificateRef { id, arn })
+        match result {
+            Ok((id, arn)) => Ok(CertificateRef {
+                id: id.ok_or_else(|| missing(op, "certificateId"))?,
+                arn: arn.ok_or_else(|| missing(op, "certificateArn"))?,
+            }),
+            Err(Ok(existing_arn)) => {
+                let id = certificate_id(certificate_pem).map_err(|e| {
+                    PortError::new(FailureKind::Other, op)
+                        .with_code("UnreadableCertificate")
+                        .with_source(e)
+                })?;
+                let arn = match existing_arn {
+                    Some(arn) if arn.ends_with(&format!("cert/{id}")) => arn,
+                    _ => self.arn_of(&id).await?,
+                };
+                tracing::info!(certificate_id = %id, "registered by an earlier attempt whose answer was lost");
+                Ok(CertificateRef { id, arn })
+            }
+            Err(Err(e)) => Err(e),
+        }
+    }
+
+    async fn arn_of(&self, certificate_id: &str) -> Result<String, PortError> {
+        const OP: &str = "iot:DescribeCertificate";
+        let out = self
+            .iot
+            .describe_certificate()
+            .certificate_id(certificate_id)
+            .send()
+            .await
+            .map_err(|e| port_error(OP, e))?;
+        out.certificate_description()
+            .and_then(|d| d.certificate_arn())
+            .map(str::to_owned)
+            .ok_or_else(|| missing(OP, "certificateArn"))
     }
 }
 
@@ -427,10 +417,33 @@ impl CertificateIssuer for PcaIssuer {
         set_status(&self.iot, certificate, CertificateStatus::Active).await
     }
 
+    async fn deactivate(&self, certificate: &CertificateRef) -> Result<(), PortError> {
+        deactivate_certificate(&self.iot, certificate).await
+    }
+
     /// Revoke at the CA, then deactivate and delete in AWS IoT. Revocation comes first so a
     /// certificate deleted from AWS IoT has always been revoked; a certificate already gone
     /// from AWS IoT was revoked by the discard that deleted it.
     async fn discard(&self, certificate: &CertificateRef) -> Result<(), PortError> {
+        if !self.revoke_at_ca(certificate).await? {
+            return Ok(());
+        }
+        discard_certificate(&self.iot, certificate).await
+    }
+
+    /// Revoked at the CA (its CRL, for relying parties beyond AWS IoT) and REVOKED in AWS IoT.
+    async fn revoke(&self, certificate: &CertificateRef) -> Result<(), PortError> {
+        if !self.revoke_at_ca(certificate).await? {
+            return Ok(());
+        }
+        revoke_in_iot(&self.iot, certificate).await
+    }
+}
+
+impl PcaIssuer {
+    /// Revokes a certificate AWS IoT knows at this CA (its serial read from AWS IoT's copy).
+    /// `false`: AWS IoT no longer has it (it was discarded, revoked at the CA first).
+    async fn revoke_at_ca(&self, certificate: &CertificateRef) -> Result<bool, PortError> {
         const OP: &str = "iot:DescribeCertificate";
         let described = match self
             .iot
@@ -440,7 +453,7 @@ impl CertificateIssuer for PcaIssuer {
             .await
         {
             Ok(out) => out,
-            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(false),
             Err(e) => return Err(port_error(OP, e)),
         };
         let pem = described
@@ -455,7 +468,7 @@ impl CertificateIssuer for PcaIssuer {
         self.pca
             .revoke(&serial, RevocationReason::CessationOfOperation)
             .await?;
-        discard_certificate(&self.iot, certificate).await
+        Ok(true)
     }
 }
 
@@ -492,6 +505,10 @@ mod tests {
         certificate: String,
         /// Issued for another key, same subject.
         other_key: String,
+        /// Issued for the CSR, but also for TLS servers (a wrong template).
+        server_auth: String,
+        /// Issued for the CSR as a CA (a wrong template).
+        ca_certificate: String,
     }
 
     fn pki() -> Pki {
@@ -506,17 +523,33 @@ mod tests {
             .push(rcgen::DnType::CommonName, "DEVICE-1");
         let csr_pem = params.serialize_request(&device).unwrap().pem().unwrap();
         let csr = Csr::parse_pem(&csr_pem).unwrap();
-        let certificate = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem)
-            .unwrap()
-            .signed_by(&ca)
-            .unwrap()
-            .pem();
+        // As Private CA's client-authentication template issues them.
+        let issue = |usages: Vec<rcgen::ExtendedKeyUsagePurpose>, ca_flag: bool| {
+            let mut request = rcgen::CertificateSigningRequestParams::from_pem(&csr_pem).unwrap();
+            request.params.extended_key_usages = usages;
+            if ca_flag {
+                request.params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            }
+            request.signed_by(&ca).unwrap().pem()
+        };
+        let certificate = issue(vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth], false);
+        let server_auth = issue(
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+            false,
+        );
+        let ca_certificate = issue(vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth], true);
         let other = rcgen::KeyPair::generate().unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         let other_key = params.signed_by(&other, &ca).unwrap().pem();
         Pki {
             csr,
             certificate,
             other_key,
+            server_auth,
+            ca_certificate,
         }
     }
 
@@ -654,6 +687,66 @@ mod tests {
         assert_eq!(err.code.as_deref(), Some("CertificateMismatch"), "{err}");
         assert_eq!(register.num_calls(), 0);
         assert_eq!(revoke.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_registration_whose_answer_was_lost_is_taken_as_ours() {
+        let pki = pki();
+        let revoke = revoke_rule();
+        let (acmpca, _) = acmpca_rules(&pki.certificate, &revoke);
+        let id = certificate_id(&pki.certificate).unwrap();
+        let arn = format!("arn:aws:iot:us-east-1:123456789012:cert/{id}");
+        let existing = arn.clone();
+        // The SDK's retry of a registration that committed: AWS IoT says it exists.
+        let register =
+            mock!(aws_sdk_iot::Client::register_certificate_without_ca).then_error(move || {
+                RegisterCertificateWithoutCAError::ResourceAlreadyExistsException(
+                    aws_sdk_iot::types::error::ResourceAlreadyExistsException::builder()
+                        .message("The certificate is already provisioned or registered")
+                        .resource_id("whatever-aws-says")
+                        .resource_arn(existing.clone())
+                        .meta(
+                            ErrorMetadata::builder()
+                                .code("ResourceAlreadyExistsException")
+                                .build(),
+                        )
+                        .build(),
+                )
+            });
+        let issuer = issuer(acmpca, vec![register]);
+        let out = issuer.issue(&pki.csr).await.unwrap();
+        assert_eq!(out.certificate.id, certificate_id(&pki.certificate).unwrap());
+        assert_eq!(out.certificate.arn, arn);
+        assert_eq!(revoke.num_calls(), 0, "a registered certificate is not revoked");
+    }
+
+    #[tokio::test]
+    async fn a_certificate_of_the_wrong_shape_is_revoked_and_never_registered() {
+        let pki = pki();
+        for (wrong, why) in [
+            (&pki.server_auth, "TLS server authentication"),
+            (&pki.ca_certificate, "CA certificate"),
+        ] {
+            let revoke = revoke_rule();
+            let (acmpca, _) = acmpca_rules(wrong, &revoke);
+            let register =
+                mock!(aws_sdk_iot::Client::register_certificate_without_ca).then_output(|| {
+                    RegisterCertificateWithoutCaOutput::builder()
+                        .certificate_id("x")
+                        .certificate_arn("y")
+                        .build()
+                });
+            let issuer = issuer(acmpca, vec![register.clone()]);
+            let err = issuer.issue(&pki.csr).await.unwrap_err();
+            assert_eq!(err.code.as_deref(), Some("CertificateMismatch"), "{why}: {err}");
+            assert!(
+                format!("{:?}", err.source).contains(why),
+                "{why}: {:?}",
+                err.source
+            );
+            assert_eq!(register.num_calls(), 0, "{why}");
+            assert_eq!(revoke.num_calls(), 1, "{why}");
+        }
     }
 
     #[tokio::test]
