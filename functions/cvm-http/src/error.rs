@@ -16,13 +16,17 @@ pub enum ApiError {
     /// 400: body is not JSON.
     InvalidJson,
     /// 400: JSON of the wrong shape (missing or unknown field, wrong type).
-    InvalidRequest(String),
+    InvalidRequest { shape: &'static str, detail: String },
     /// 400
     InvalidSerial(String),
     /// 400: the token is not of the token format (says nothing about any serial).
     InvalidToken(String),
     /// 400 (413 for an oversized CSR)
     Csr(CsrError),
+    /// 400: the signature is not base64 of a plausible length.
+    InvalidSignatureEncoding,
+    /// 400: not a certificate id (64 hex characters).
+    InvalidCertificateId,
     /// From the workflow; status per [`VendError`] variant, code from [`VendError::code`].
     Vend(VendError),
     /// 404
@@ -44,18 +48,26 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::InvalidJson
-            | ApiError::InvalidRequest(_)
+            | ApiError::InvalidRequest { .. }
             | ApiError::InvalidSerial(_)
             | ApiError::InvalidToken(_)
+            | ApiError::InvalidSignatureEncoding
+            | ApiError::InvalidCertificateId
             | ApiError::Csr(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Vend(e) => match e {
                 VendError::InvalidCredentials
-                | VendError::Locked
+                | VendError::KeyNotRegistered
                 | VendError::Revoked
-                | VendError::SubjectNotAllowed => StatusCode::FORBIDDEN,
-                VendError::AlreadyIssued | VendError::InProgress { .. } => StatusCode::CONFLICT,
+                | VendError::SubjectNotAllowed
+                | VendError::InvalidSignature
+                | VendError::RenewalExpired => StatusCode::FORBIDDEN,
+                // Not a refusal for good: the serial is slowed down, and opens again by itself.
+                VendError::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
+                VendError::AlreadyIssued
+                | VendError::InProgress { .. }
+                | VendError::NothingToRenew => StatusCode::CONFLICT,
                 VendError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 VendError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -66,7 +78,9 @@ impl ApiError {
         match self {
             ApiError::RequestTooLarge => "request_too_large",
             ApiError::InvalidJson => "invalid_json",
-            ApiError::InvalidRequest(_) => "invalid_request",
+            ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::InvalidSignatureEncoding => "invalid_signature_encoding",
+            ApiError::InvalidCertificateId => "invalid_certificate_id",
             ApiError::InvalidSerial(_) => "invalid_serial",
             ApiError::InvalidToken(_) => "invalid_token",
             ApiError::Csr(e) => e.code(),
@@ -83,8 +97,14 @@ impl ApiError {
                 format!("request body exceeds {} bytes", crate::MAX_BODY_BYTES)
             }
             ApiError::InvalidJson => "request body is not valid JSON".into(),
-            ApiError::InvalidRequest(detail) => {
-                format!("request must be {{\"serial\", \"token\", \"csr\"}}: {detail}")
+            ApiError::InvalidRequest { shape, detail } => {
+                format!("request must be {shape}: {detail}")
+            }
+            ApiError::InvalidSignatureEncoding => {
+                "signature must be the base64 (standard alphabet) of a signature".into()
+            }
+            ApiError::InvalidCertificateId => {
+                "certificateId must be a certificate id (64 hexadecimal characters)".into()
             }
             ApiError::InvalidSerial(m) | ApiError::InvalidToken(m) => m.clone(),
             ApiError::Csr(e) => e.to_string(),
@@ -103,6 +123,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::Vend(VendError::InProgress { retry_after })
+            | ApiError::Vend(VendError::Locked { retry_after })
             | ApiError::Vend(VendError::Unavailable { retry_after, .. }) => Some(*retry_after),
             ApiError::Vend(VendError::Internal(_)) => Some(Duration::from_secs(5)),
             _ => None,
@@ -118,7 +139,7 @@ impl ApiError {
     /// The metric dimension for this failure.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::Vend(VendError::Locked) => "locked",
+            ApiError::Vend(VendError::Locked { .. }) => "locked",
             ApiError::Vend(VendError::AlreadyIssued | VendError::InProgress { .. }) => "conflict",
             ApiError::Vend(VendError::Unavailable { .. } | VendError::Internal(_)) => "failed",
             _ => "rejected",

@@ -8,7 +8,8 @@
 use std::net::SocketAddr;
 
 use axum_server::tls_rustls::RustlsConfig;
-use cvm_aws::vend_app::{build_vend_api, VendSettings};
+use cvm_aws::config::VendSettings;
+use cvm_aws::vend_app::build_vend_api;
 use cvm_http::{router, Metrics};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;

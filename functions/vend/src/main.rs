@@ -1,7 +1,8 @@
 //! The vend Lambda. It only wires: logging, configuration, clients, router. Everything it
 //! serves lives in `cvm-http` and `cvm-core`; the local server runs the same router.
 
-use cvm_aws::vend_app::{build_vend_api, VendSettings};
+use cvm_aws::config::VendSettings;
+use cvm_aws::vend_app::build_vend_api;
 use cvm_http::{router, Metrics};
 use lambda_http::{run, tracing, Error};
 
@@ -12,8 +13,11 @@ async fn main() -> Result<(), Error> {
 
     // Configuration and clients are built once, at init, and fail the cold start loudly.
     let settings = VendSettings::from_env()?;
+    let metrics = Metrics::Emf {
+        stage: settings.stage.clone(),
+    };
     let sdk = cvm_aws::load_sdk_config().await;
-    let api = build_vend_api(&sdk, settings, Metrics::Emf).await?;
+    let api = build_vend_api(&sdk, settings, metrics).await?;
 
     run(router(api)).await
 }

@@ -25,24 +25,26 @@ async fn sample_event_vends_a_certificate() {
     store
         .create(&DeviceRecord::new_enrollment(
             serial.clone(),
-            token.hash(),
+            lifecycle::credentials(Some(&token), None),
             ThingName::from(&serial),
             None,
             Attributes::default(),
-            "2027-01-01T00:00:00Z".into(),
+            AuditEvent::new("2027-01-01T00:00:00Z", AuditKind::Enrolled, "ops", ""),
         ))
         .await
         .unwrap();
     let config = VendConfig {
         default_policy: PolicyName::parse("cvm-device-default").unwrap(),
-        max_failed_attempts: 5,
+        lockout: LockoutPolicy::default(),
         claim_lease: Duration::from_secs(60),
+        activation_margin: Duration::from_secs(15),
         endpoints: Endpoints {
             data: "d".into(),
             credentials: "c".into(),
         },
         ca_certificates: vec![iot.ca_pem.clone()],
         role_alias: None,
+        renewal: cvm_core::renew::RenewalPolicy::default(),
     };
     let app = router(Arc::new(Api {
         vendor: Vendor::new(store, iot.clone(), iot.clone(), config),

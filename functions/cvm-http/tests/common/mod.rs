@@ -21,24 +21,26 @@ pub async fn app() -> (axum::Router, FakeIot) {
     store
         .create(&DeviceRecord::new_enrollment(
             serial.clone(),
-            Token::parse(TOKEN).unwrap().hash(),
+            lifecycle::credentials(Some(&Token::parse(TOKEN).unwrap()), None),
             ThingName::from(&serial),
             None,
             Attributes::default(),
-            "2027-01-01T00:00:00Z".into(),
+            AuditEvent::new("2027-01-01T00:00:00Z", AuditKind::Enrolled, "ops", ""),
         ))
         .await
         .unwrap();
     let config = VendConfig {
         default_policy: PolicyName::parse("default").unwrap(),
-        max_failed_attempts: 5,
-        claim_lease: Duration::from_secs(30),
+        lockout: LockoutPolicy::default(),
+        claim_lease: Duration::from_secs(60),
+        activation_margin: Duration::from_secs(15),
         endpoints: Endpoints {
             data: "data.example".into(),
             credentials: "creds.example".into(),
         },
         ca_certificates: vec![iot.ca_pem.clone()],
         role_alias: Some("cvm-role-alias".into()),
+        renewal: cvm_core::renew::RenewalPolicy::default(),
     };
     let vendor = Vendor::new(store, iot.clone(), iot.clone(), config);
     (
