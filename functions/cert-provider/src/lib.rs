@@ -9,7 +9,9 @@
 //! Environment:
 //! - `CVM_PCA_ARN` (required), `CVM_PCA_TEMPLATE_ARN`, `CVM_VALIDITY_DAYS` (default 365),
 //!   `CVM_SIGNING_ALGORITHM` (default: from the CA's key type, asked once at start-up);
-//! - `CVM_CN_PATTERN`: a regular expression the CSR's whole common name must match;
+//! - `CVM_CN_PATTERN`: a regular expression the CSR's whole common name must match (default:
+//!   the serial alphabet, `[A-Za-z0-9:_-]{1,128}`, so a claim can only get a certificate whose
+//!   subject could name a device);
 //! - `CVM_PROVIDER_BUDGET_MS`: answer or fail within this long (default 4500, below AWS IoT's
 //!   5 s), or earlier if the invocation's own deadline is closer.
 
@@ -18,8 +20,8 @@ pub mod metrics;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use cvm_aws::pca::{AcmPca, PcaSettings, TokioTimer};
-use cvm_aws::vend_app::{ConfigError, Env};
+use cvm_aws::config::{stage, ConfigError, Env, PcaSettings};
+use cvm_aws::pca::{issue_settings, AcmPca, TokioTimer};
 use cvm_core::ports::PortError;
 use cvm_core::provider::{
     CertificateProvider, IssueSettings, PrivateCa, Provided, ProviderError, ProviderRequest,
@@ -38,14 +40,18 @@ pub const DEADLINE_RESERVE: Duration = Duration::from_millis(300);
 pub const LAST_POLL_RESERVE: Duration = Duration::from_millis(250);
 /// Longest a single Private CA call may take before the SDK retries it.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The default subject rule: a common name that could be a serial or a thing name.
+pub const DEFAULT_CN_PATTERN: &str = "[A-Za-z0-9:_-]{1,128}";
 
 /// The provider's configuration, read and checked once at start-up.
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
     pub pca: PcaSettings,
     /// Anchored: the whole common name must match.
-    pub cn_pattern: Option<regex_lite::Regex>,
+    pub cn_pattern: regex_lite::Regex,
     pub budget: Duration,
+    /// The metrics' `Stage` dimension (`CVM_STAGE`).
+    pub stage: String,
 }
 
 impl ProviderConfig {
@@ -55,15 +61,15 @@ impl ProviderConfig {
 
     pub fn from_lookup(env: Env) -> Result<Self, ConfigError> {
         let pca = PcaSettings::from_lookup(env)?;
-        let cn_pattern = match env("CVM_CN_PATTERN").filter(|v| !v.is_empty()) {
-            None => None,
-            Some(p) => Some(regex_lite::Regex::new(&format!("^(?:{p})$")).map_err(|e| {
-                ConfigError::Invalid {
-                    name: "CVM_CN_PATTERN",
-                    reason: e.to_string(),
-                }
-            })?),
-        };
+        let pattern = env("CVM_CN_PATTERN")
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| DEFAULT_CN_PATTERN.to_owned());
+        let cn_pattern = regex_lite::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+            ConfigError::Invalid {
+                name: "CVM_CN_PATTERN",
+                reason: e.to_string(),
+            }
+        })?;
         let budget_ms = match env("CVM_PROVIDER_BUDGET_MS").filter(|v| !v.trim().is_empty()) {
             None => DEFAULT_BUDGET.as_millis() as u64,
             Some(v) => v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -81,6 +87,7 @@ impl ProviderConfig {
             pca,
             cn_pattern,
             budget: Duration::from_millis(budget_ms),
+            stage: stage(env)?,
         })
     }
 }
@@ -113,9 +120,7 @@ pub async fn build(
 ) -> Result<Provider<AcmPca>, StartError> {
     let ca = AcmPca::from_sdk(sdk, config.pca.ca_arn.clone(), ATTEMPT_TIMEOUT);
     let settings =
-        config
-            .pca
-            .issue_settings(&ca)
+        issue_settings(&config.pca, &ca)
             .await
             .map_err(|source| StartError::PrivateCa {
                 arn: config.pca.ca_arn.clone(),
@@ -141,14 +146,12 @@ impl<P: PrivateCa> Provider<P> {
     pub fn new(
         ca: P,
         settings: IssueSettings,
-        cn_pattern: Option<regex_lite::Regex>,
+        cn_pattern: regex_lite::Regex,
         budget: Duration,
         metrics: Metrics,
     ) -> Self {
-        let mut core = CertificateProvider::new(ca, TokioTimer, settings);
-        if let Some(pattern) = cn_pattern {
-            core = core.with_subject_policy(Arc::new(move |cn: &str| pattern.is_match(cn)));
-        }
+        let core = CertificateProvider::new(ca, TokioTimer, settings)
+            .with_subject_policy(Arc::new(move |cn: &str| cn_pattern.is_match(cn)));
         Self {
             core,
             budget,
@@ -164,20 +167,9 @@ impl<P: PrivateCa> Provider<P> {
         self.core.settings()
     }
 
-    /// When the answer is due: the budget from `started`, or the invocation's deadline less a
-    /// reserve, whichever comes first.
+    /// When the answer is due (see [`cvm_core::deadline::answer_by`]).
     pub fn answer_by(&self, started: Instant, invocation_deadline: Option<SystemTime>) -> Instant {
-        let by_budget = started + self.budget;
-        match invocation_deadline {
-            None => by_budget,
-            Some(deadline) => {
-                let left = deadline
-                    .duration_since(SystemTime::now())
-                    .unwrap_or_default()
-                    .saturating_sub(DEADLINE_RESERVE);
-                by_budget.min(Instant::now() + left)
-            }
-        }
+        cvm_core::deadline::answer_by(started, self.budget, invocation_deadline, DEADLINE_RESERVE)
     }
 
     /// One Lambda invocation.
@@ -220,22 +212,25 @@ impl<P: PrivateCa> Provider<P> {
                     client_id = %request.client_id,
                     "certificate provided"
                 );
-                metrics::record_invocation(&self.metrics, "issued", false, latency);
+                metrics::record_invocation(&self.metrics, "issued", None, latency);
                 Ok(ProviderResponse {
                     certificate_pem: provided.certificate_pem,
                 })
             }
             Err(e) => {
                 let error_type = e.error_type();
-                if e.is_refusal() {
+                let kind = if e.is_refusal() {
                     lambda_runtime::tracing::info!(outcome = error_type, latency_ms, error = %e, "refused");
+                    metrics::Failure::Refusal
                 } else {
-                    lambda_runtime::tracing::error!(outcome = error_type, latency_ms, error = %e, "failed");
-                }
-                metrics::record_invocation(&self.metrics, error_type, true, latency);
+                    // The full cause (operation, service code, source chain) for operators.
+                    lambda_runtime::tracing::error!(outcome = error_type, latency_ms, error = ?e, "failed");
+                    metrics::Failure::Fault
+                };
+                metrics::record_invocation(&self.metrics, error_type, Some(kind), latency);
                 Err(Diagnostic {
                     error_type: error_type.to_owned(),
-                    error_message: e.to_string(),
+                    error_message: e.public_message(),
                 })
             }
         }
@@ -270,6 +265,14 @@ enum Failure {
 }
 
 impl Failure {
+    /// What AWS IoT (and the device) is told; the cause stays in the log.
+    fn public_message(&self) -> String {
+        match self {
+            Failure::Provider(e) => e.public_message(),
+            Failure::Deadline(_) => "Private CA did not answer in time; retry later".to_owned(),
+        }
+    }
+
     fn error_type(&self) -> &'static str {
         match self {
             Failure::Provider(e) => e.error_type(),
@@ -313,10 +316,20 @@ mod tests {
         let c = config(&[("CVM_PCA_ARN", PCA)]).unwrap();
         assert_eq!(c.budget, DEFAULT_BUDGET);
         assert_eq!(c.pca.validity_days, 365);
-        assert!(c.cn_pattern.is_none());
+        assert!(
+            c.cn_pattern.is_match("ZK-0001:a_b"),
+            "the default admits serials"
+        );
+        for refused in ["", "has space", "evil.example.com", "a/b", &"a".repeat(129)] {
+            assert!(!c.cn_pattern.is_match(refused), "{refused:?}");
+        }
+        assert!(c
+            .pca
+            .template_arn
+            .ends_with(":template/EndEntityClientAuthCertificate/V1"));
 
         let c = config(&[("CVM_PCA_ARN", PCA), ("CVM_CN_PATTERN", "fleet-[0-9]+")]).unwrap();
-        let re = c.cn_pattern.unwrap();
+        let re = c.cn_pattern;
         assert!(re.is_match("fleet-42"));
         assert!(!re.is_match("xfleet-42"), "the pattern is anchored");
         assert!(!re.is_match("fleet-42x"), "the pattern is anchored");

@@ -14,8 +14,11 @@ async fn main() -> Result<(), Error> {
     // Configuration, client and the CA's key type are settled once, at init, and fail the
     // cold start loudly.
     let config = ProviderConfig::from_env()?;
+    let metrics = Metrics::Emf {
+        stage: config.stage.clone(),
+    };
     let sdk = cvm_aws::load_sdk_config().await;
-    let provider = Arc::new(build(&sdk, config, Metrics::Emf).await?);
+    let provider = Arc::new(build(&sdk, config, metrics).await?);
 
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
         let provider = Arc::clone(&provider);
