@@ -22,6 +22,9 @@ pub struct DeviceConfig {
     pub generate_key: Option<bool>,
     /// CA certificates (PEM) to trust for AWS IoT's endpoints; default `<dir>/ca.pem`.
     pub server_ca: Option<PathBuf>,
+    /// A group (name or number) that may read the enrollment: directory 0750, files 0640,
+    /// group-owned, so that a service user in it can run `credentials` and `publish`.
+    pub group: Option<String>,
     #[serde(default)]
     pub enroll: EnrollConfig,
     #[serde(default)]
@@ -39,6 +42,8 @@ pub struct EnrollConfig {
     pub token_file: Option<PathBuf>,
     pub api_ca: Option<PathBuf>,
     pub max_attempts: Option<u32>,
+    /// Seconds to wait for time synchronization when the clock is not set yet.
+    pub time_sync_wait: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -57,14 +62,23 @@ pub struct PublishConfig {
 
 impl DeviceConfig {
     /// The file named (which must exist), else the default path if it exists, else nothing.
+    /// Only a default file that does not exist is skipped: one that cannot be read (permission
+    /// denied) or parsed is an error, never silently ignored.
     pub fn load(explicit: Option<&Path>) -> Result<Self, String> {
-        let path = match explicit {
-            Some(path) => path.to_owned(),
-            None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
-            None => return Ok(Self::default()),
+        match explicit {
+            Some(path) => Self::load_file(path, false),
+            None => Self::load_file(Path::new(DEFAULT_PATH), true),
+        }
+    }
+
+    fn load_file(path: &Path, missing_is_default: bool) -> Result<Self, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if missing_is_default && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self::default())
+            }
+            Err(e) => return Err(format!("config {}: {e}", path.display())),
         };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
     }
 
@@ -104,6 +118,39 @@ mod tests {
         assert_eq!(
             ok.map(|c| (c.key, c.enroll.max_attempts)),
             Ok((Some("zymkey:1".to_owned()), Some(3)))
+        );
+    }
+
+    #[test]
+    fn only_a_missing_default_file_is_skipped() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let missing = dir.path().join("device.toml");
+        assert_eq!(
+            DeviceConfig::load_file(&missing, true),
+            Ok(DeviceConfig::default())
+        );
+        // Named explicitly, a missing file is an error.
+        let err = DeviceConfig::load_file(&missing, false)
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("No such file"), "{err}");
+        // A default path that exists but cannot be read (here: a directory) is an error.
+        let err = DeviceConfig::load_file(dir.path(), true)
+            .err()
+            .unwrap_or_default();
+        assert!(err.starts_with("config "), "{err}");
+        // So is one that is not valid TOML, or has an unknown option.
+        let bad = dir.path().join("bad.toml");
+        let _ = std::fs::write(&bad, "group = [\n");
+        let err = DeviceConfig::load_file(&bad, true)
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("bad.toml"), "{err}");
+        let _ = std::fs::write(&bad, "group = \"cvm\"\n[enroll]\ntime_sync_wait = 60\n");
+        let ok = DeviceConfig::load_file(&bad, true);
+        assert_eq!(
+            ok.map(|c| (c.group, c.enroll.time_sync_wait)),
+            Ok((Some("cvm".to_owned()), Some(60)))
         );
     }
 

@@ -3,13 +3,15 @@
 //! metadata file that marks success is written last (and removed first when files change).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{ClockCheck, ClockError, Reference};
 use crate::csr::{build_csr, key_fingerprint, CsrError};
-use crate::files::{ensure_private_dir, write_atomic};
+use crate::files::{ensure_dir, share_file, write_atomic, Sharing};
+use crate::http::{self, Verdict};
 use crate::keystore::{KeyStore, KeyStoreError};
 use crate::tls::{error_chain, one_line};
 
@@ -27,6 +29,10 @@ pub struct EnrollOptions {
     pub out: PathBuf,
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// The clock and how long to wait for it to be set (a board without an RTC).
+    pub clock: ClockCheck,
+    /// Who may read the files written (`group` in the config).
+    pub sharing: Sharing,
 }
 
 /// Waits between attempts when the server gives no Retry-After: `initial`, doubling, capped
@@ -149,6 +155,8 @@ pub enum EnrollError {
     },
     #[error("--ca {path}: {message}")]
     Ca { path: PathBuf, message: String },
+    #[error(transparent)]
+    Clock(#[from] ClockError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
@@ -195,57 +203,68 @@ fn client(ca: Option<&Path>) -> Result<reqwest::Client, EnrollError> {
     })
 }
 
-/// Whether an answer is worth asking again, and after how long.
-fn retry_delay(
-    status: u16,
-    code: &str,
-    retry_after: Option<u64>,
-    attempt: u32,
-    backoff: &Backoff,
-) -> Option<Duration> {
-    let transient =
-        status == 429 || status >= 500 || (status == 409 && code == "enrollment_in_progress");
-    transient.then(|| {
-        retry_after
-            .map(Duration::from_secs)
-            .unwrap_or_else(|| backoff.delay(attempt))
-    })
-}
-
 /// Exponential backoff from 1 s, capped at 30 s, with up to 25% jitter.
 pub fn backoff(attempt: u32) -> Duration {
     Backoff::default().delay(attempt)
 }
 
-/// One attempt's result: an answer (status, Retry-After, body) or a transport failure.
+/// One answer of the API.
+struct Answer {
+    status: u16,
+    /// What `Retry-After` asks for, capped.
+    retry_after: Option<Duration>,
+    /// The server's `Date`, and when it arrived.
+    date: Option<(SystemTime, Instant)>,
+    body: String,
+}
+
+/// One attempt's result: an answer, or a transport failure (transient).
 async fn attempt(
     client: &reqwest::Client,
     url: &str,
     body: &serde_json::Value,
-) -> Result<(u16, Option<u64>, String), String> {
+    clock: &ClockCheck,
+) -> Result<Answer, String> {
     let response = client
         .post(url)
         .json(body)
         .send()
         .await
         .map_err(|e| error_chain(&e))?;
+    let received = Instant::now();
     let status = response.status().as_u16();
+    let date = http::date(response.headers());
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| s.min(300));
+        .and_then(|v| http::retry_after(v, date, clock.now()));
     // A connection lost while the body arrives is as transient as one lost before.
     let text = response.text().await.map_err(|e| error_chain(&e))?;
-    Ok((status, retry_after, text))
+    Ok(Answer {
+        status,
+        retry_after,
+        date: date.map(|d| (d, received)),
+        body: text,
+    })
 }
+
+/// How many times an answer whose `Date` disagrees with the clock is asked again, once the
+/// clock has been set (each after a bounded wait).
+const CLOCK_RETRIES: u32 = 2;
 
 pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Outcome, EnrollError> {
     let fingerprint = key_fingerprint(store)?;
     if let Some(existing) = existing(&options.out, &options.serial, &fingerprint) {
+        // Nothing to ask; the files still follow the configured sharing.
+        share(&options.out, options.sharing)?;
         return Ok(Outcome::AlreadyEnrolled(existing));
     }
+    // Where the result goes must be writable, with the configured group, before the token is
+    // spent: a certificate that cannot be stored would be asked for again and again.
+    ensure_dir(&options.out, options.sharing).map_err(io(&options.out))?;
+    // A clock that was never set would fail TLS, or judge the server's certificate wrongly.
+    options.clock.settle(&Reference::Build).await?;
     let csr = build_csr(store, &options.serial)?;
     let client = client(options.ca.as_deref())?;
     let url = format!("{}/v1/certificates", options.url.trim_end_matches('/'));
@@ -256,10 +275,11 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
     });
 
     let mut attempts = 0;
+    let mut clock_retries = 0;
     let (status, response) = loop {
         attempts += 1;
         let last = attempts >= options.max_attempts.max(1);
-        let (status, retry_after, text) = match attempt(&client, &url, &body).await {
+        let answer = match attempt(&client, &url, &body, &options.clock).await {
             Ok(answer) => answer,
             Err(message) if !last => {
                 let wait = options.backoff.delay(attempts);
@@ -272,19 +292,46 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
             }
             Err(message) => return Err(EnrollError::Network { url, message }),
         };
-        if status == 200 || status == 201 {
-            break (status, text);
+        if let Some((date, received)) = answer.date {
+            // TLS judged the server's certificate by this clock: an answer received with a
+            // clock far from the server's is not acted on. Once the clock is set, ask again
+            // (a certificate already issued comes back, for the same key).
+            let reference = Reference::Server { date, received };
+            if options.clock.problem(&reference).is_some() {
+                options.clock.settle(&reference).await?;
+                clock_retries += 1;
+                if clock_retries > CLOCK_RETRIES {
+                    return Err(EnrollError::Clock(ClockError {
+                        problem: "the server's Date still disagrees with the system clock \
+                                  after it was set"
+                            .into(),
+                        waited: Duration::ZERO,
+                    }));
+                }
+                attempts -= 1;
+                continue;
+            }
         }
-        let (code, message) = match serde_json::from_str::<serde_json::Value>(&text) {
+        let status = answer.status;
+        if status == 200 || status == 201 {
+            break (status, answer.body);
+        }
+        let (code, message) = match serde_json::from_str::<serde_json::Value>(&answer.body) {
             Ok(v) => (
                 v["code"].as_str().unwrap_or("unknown").to_owned(),
                 v["message"].as_str().unwrap_or("").to_owned(),
             ),
-            Err(_) => ("unknown".to_owned(), text.chars().take(200).collect()),
+            Err(_) => (
+                "unknown".to_owned(),
+                answer.body.chars().take(200).collect(),
+            ),
         };
         let (code, message) = (one_line(&code), one_line(&message));
-        match retry_delay(status, &code, retry_after, attempts, &options.backoff) {
-            Some(wait) if !last => {
+        match http::verdict(status, &code) {
+            Verdict::Transient if !last => {
+                let wait = answer
+                    .retry_after
+                    .unwrap_or_else(|| options.backoff.delay(attempts));
                 eprintln!(
                     "cvm-device: {code} ({status}); retrying in {:.1} s",
                     wait.as_secs_f64()
@@ -325,6 +372,7 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
         &vended.certificate_pem,
         &vended.ca_certificates,
         &enrollment,
+        options.sharing,
     )?;
     Ok(Outcome::Enrolled {
         enrollment,
@@ -332,13 +380,24 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
     })
 }
 
+/// Gives the enrollment directory and the files in it the configured mode and group.
+fn share(out: &Path, sharing: Sharing) -> Result<(), EnrollError> {
+    ensure_dir(out, sharing).map_err(io(out))?;
+    for name in crate::files::CLIENT_FILES {
+        let path = out.join(name);
+        share_file(&path, sharing).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
 fn save(
     out: &Path,
     certificate: &str,
     cas: &[String],
     enrollment: &Enrollment,
+    sharing: Sharing,
 ) -> Result<(), EnrollError> {
-    ensure_private_dir(out).map_err(io(out))?;
+    ensure_dir(out, sharing).map_err(io(out))?;
     let meta_path = out.join(METADATA_FILE);
     // An older enrollment (another serial or key) stops being "complete" before its files
     // are replaced, so no mix of old and new is ever taken for a finished enrollment.
@@ -347,39 +406,18 @@ fn save(
         _ => {}
     }
     let cert_path = out.join(CERTIFICATE_FILE);
-    write_atomic(&cert_path, certificate.as_bytes()).map_err(io(&cert_path))?;
+    write_atomic(&cert_path, certificate.as_bytes(), sharing).map_err(io(&cert_path))?;
     let ca_path = out.join(CA_FILE);
-    write_atomic(&ca_path, cas.join("\n").as_bytes()).map_err(io(&ca_path))?;
+    write_atomic(&ca_path, cas.join("\n").as_bytes(), sharing).map_err(io(&ca_path))?;
     // Written last: its presence means the enrollment is complete.
     let meta = serde_json::to_vec_pretty(enrollment)
         .map_err(|e| EnrollError::InvalidResponse(e.to_string()))?;
-    write_atomic(&meta_path, &meta).map_err(io(&meta_path))
+    write_atomic(&meta_path, &meta, sharing).map_err(io(&meta_path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retries_only_what_can_succeed_later() {
-        let b = Backoff::default();
-        assert!(
-            retry_delay(503, "service_unavailable", Some(2), 1, &b) == Some(Duration::from_secs(2))
-        );
-        assert!(retry_delay(429, "", None, 1, &b).is_some());
-        assert!(retry_delay(409, "enrollment_in_progress", Some(1), 1, &b).is_some());
-        for (status, code) in [
-            (409, "already_issued"),
-            (403, "invalid_credentials"),
-            (400, "csr_malformed"),
-            (413, "request_too_large"),
-        ] {
-            assert!(
-                retry_delay(status, code, None, 1, &b).is_none(),
-                "{status} {code}"
-            );
-        }
-    }
 
     #[test]
     fn backoff_starts_at_initial_grows_and_is_capped() {

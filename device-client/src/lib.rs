@@ -3,10 +3,13 @@
 //! AWS IoT identity, and that identity at work over mutual TLS (AWS credentials through the
 //! IoT credentials provider, HTTPS publish).
 
+pub mod clock;
 pub mod config;
 pub mod csr;
 pub mod enroll;
+pub mod exit;
 pub mod files;
+pub mod http;
 pub mod iot;
 pub mod keystore;
 pub mod tls;

@@ -170,9 +170,13 @@ async fn enrolls_with_a_pkcs11_token() {
         let (hsm, _in_process) = softhsm();
         hsm.init_token("stack");
         let spec = hsm.spec("stack", "device");
-        // Makes the key pair on the token; closed again before the binary opens it.
-        let store =
-            keystore::open(&KeySpec::parse(&spec).unwrap(), &OpenOptions::default()).unwrap();
+        // Makes the key pair on the token, as enroll would; closed again before the binary
+        // opens it.
+        let enroll = OpenOptions {
+            may_generate: true,
+            ..Default::default()
+        };
+        let store = keystore::open(&KeySpec::parse(&spec).unwrap(), &enroll).unwrap();
         let recorded = PublicOnly(store.public_key().unwrap(), store.describe());
         (hsm, spec, recorded)
     };
@@ -219,6 +223,12 @@ async fn a_lost_answer_is_delivered_again_and_a_wrong_token_refused() {
     let other_key = format!("file:{}", tmp.path().join("other.key").display());
     let refused = enroll(&stack, &serial, &wrong, &other_out, &other_key, &[]).await;
     assert_one_line_failure(&refused, "the API refused the enrollment");
+    assert_eq!(
+        refused.status.code(),
+        Some(3),
+        "refused for good: {}",
+        refused.stderr
+    );
     assert!(
         files_in(&other_out).is_empty(),
         "{:?}",

@@ -382,8 +382,13 @@ async fn publish_works_with_a_pkcs11_token() {
         let (hsm, _in_process) = softhsm();
         hsm.init_token("publish");
         let spec = KeySpec::parse(&hsm.spec("publish", "device")).unwrap();
-        // Makes the key pair on the token; closed again before the binary opens it.
-        let store = keystore::open(&spec, &OpenOptions::default()).unwrap();
+        // Makes the key pair on the token, as enroll would; closed again before the binary
+        // opens it.
+        let enroll = OpenOptions {
+            may_generate: true,
+            ..Default::default()
+        };
+        let store = keystore::open(&spec, &enroll).unwrap();
         enrolled_dir(&dir, store.as_ref(), &iot.device_ca, &iot, "thing-5");
         hsm
     };

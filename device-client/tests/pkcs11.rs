@@ -1,6 +1,6 @@
 //! The PKCS#11 key store against SoftHSM2: a key pair made on the token (sensitive, not
-//! extractable) and found again by label, signatures and a CSR through it, and one-line errors
-//! for a wrong PIN, a missing token and a missing module.
+//! extractable) at enrollment only and found again by label, signatures and a CSR through it,
+//! and one-line errors for a wrong PIN, a missing token, a missing module and a missing key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,8 +10,8 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cvm_device::csr::{build_csr, key_fingerprint};
-use cvm_device::keystore::{KeySpec, Pkcs11Spec, Pkcs11Store};
-use cvm_device::KeyStore;
+use cvm_device::keystore::{self, KeySpec, OpenOptions, Pkcs11Spec, Pkcs11Store};
+use cvm_device::{KeyStore, KeyStoreError};
 
 fn spec(hsm: &SoftHsm, token: &str, key: &str) -> Pkcs11Spec {
     match KeySpec::parse(&hsm.spec(token, key)).unwrap() {
@@ -36,7 +36,7 @@ fn a_key_is_made_on_the_token_once_and_never_leaves_it() {
     let spec = spec(hsm, &token, "device");
 
     let public = {
-        let store = Pkcs11Store::open(&spec).unwrap();
+        let store = Pkcs11Store::open_or_generate(&spec).unwrap();
         assert_signs(&store);
         assert_eq!(
             KeySpec::parse(&store.describe()).unwrap(),
@@ -111,7 +111,7 @@ fn a_csr_made_through_the_token_verifies_with_openssl() {
     let (hsm, _guard) = softhsm();
     let token = unique("csr");
     hsm.init_token(&token);
-    let store = Pkcs11Store::open(&spec(hsm, &token, "device")).unwrap();
+    let store = Pkcs11Store::open_or_generate(&spec(hsm, &token, "device")).unwrap();
     let pem = build_csr(&store, "HSM-DEVICE-1").unwrap();
     let csr = cvm_core::Csr::parse_pem(&pem).unwrap();
     assert_eq!(csr.fingerprint().as_str(), key_fingerprint(&store).unwrap());
@@ -128,6 +128,112 @@ fn a_csr_made_through_the_token_verifies_with_openssl() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The objects on the in-process SoftHSM2's token `token` (a fresh look: the module is
+/// initialized for it, so what another process wrote is seen).
+fn objects_on(token: &str) -> usize {
+    let pkcs11 = Pkcs11::new(SOFTHSM_MODULE).unwrap();
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = pkcs11
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| pkcs11.get_token_info(*s).unwrap().label().trim_end() == token)
+        .unwrap();
+    let session = pkcs11.open_ro_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&TOKEN_PIN.to_owned().into()))
+        .unwrap();
+    let count = session.find_objects(&[]).unwrap().len();
+    drop(session);
+    pkcs11.finalize().unwrap();
+    count
+}
+
+#[test]
+fn only_enrollment_generates_a_key_other_commands_name_the_missing_one() {
+    let (hsm, _guard) = softhsm();
+    let token = unique("nokey");
+    hsm.init_token(&token);
+    let spec = spec(hsm, &token, "device");
+
+    let err = open_err(&spec);
+    assert!(
+        err.contains(&format!(
+            "no key labelled \"device\" on PKCS#11 token \"{token}\""
+        )),
+        "{err}"
+    );
+    let key_spec = KeySpec::Pkcs11(spec.clone());
+    let err = keystore::open(&key_spec, &OpenOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, KeyStoreError::NoKey(_)), "{err}");
+    assert_eq!(objects_on(&token), 0, "nothing was made");
+
+    // What enroll opens with makes the pair, once.
+    let enroll = OpenOptions {
+        may_generate: true,
+        ..Default::default()
+    };
+    let made = keystore::open(&key_spec, &enroll)
+        .unwrap()
+        .public_key()
+        .unwrap();
+    assert_eq!(objects_on(&token), 2, "one key pair");
+    let found = Pkcs11Store::open(&spec).unwrap().public_key().unwrap();
+    assert_eq!(made, found);
+}
+
+#[tokio::test]
+async fn credentials_and_publish_name_a_missing_key_and_make_none() {
+    let token = unique("cmds");
+    let conf = {
+        let (hsm, _in_process) = softhsm();
+        hsm.init_token(&token);
+        (
+            hsm.spec(&token, "device"),
+            hsm.conf.to_str().unwrap().to_owned(),
+        )
+    };
+    let (key, conf) = conf;
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+    let commands: [&[&str]; 2] = [
+        &[
+            "credentials",
+            "--endpoint",
+            "127.0.0.1:9",
+            "--role-alias",
+            "alias",
+            "--thing-name",
+            "thing",
+        ],
+        &[
+            "publish",
+            "--endpoint",
+            "127.0.0.1:9",
+            "--topic",
+            "t",
+            "--message",
+            "m",
+        ],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.extend(["--dir", dir_arg, "--key", &key]);
+        let run = run_device(&args, &[("SOFTHSM2_CONF", &conf)]).await;
+        assert_one_line_failure(
+            &run,
+            &format!("no key labelled \"device\" on PKCS#11 token \"{token}\""),
+        );
+        assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    }
+    let (_hsm, _in_process) = softhsm();
+    assert_eq!(objects_on(&token), 0, "no key was generated on the token");
 }
 
 fn open_err(spec: &Pkcs11Spec) -> String {
@@ -212,8 +318,14 @@ async fn the_binary_takes_the_pin_from_the_environment_and_reports_errors_in_one
 
     let r = run(spec.clone(), Some("0000")).await;
     assert_one_line_failure(&r, "wrong PIN for PKCS#11 token \"cli\"");
+    assert_eq!(
+        r.status.code(),
+        Some(2),
+        "a wrong PIN is not retried: retries would lock the token"
+    );
     let r = run(spec.clone(), None).await;
     assert_one_line_failure(&r, "no PIN for token \"cli\"");
+    assert_eq!(r.status.code(), Some(2));
     let r = run(spec.replace("token=cli", "token=other"), Some(TOKEN_PIN)).await;
     assert_one_line_failure(&r, "no PKCS#11 token labelled \"other\"");
     let r = run(
@@ -227,5 +339,6 @@ async fn the_binary_takes_the_pin_from_the_environment_and_reports_errors_in_one
     // The right PIN from the environment: the key opens and the run gets to the network.
     let r = run(spec.clone(), Some(TOKEN_PIN)).await;
     assert_one_line_failure(&r, "could not reach the API");
+    assert_eq!(r.status.code(), Some(1));
     assert!(!out.join("enrollment.json").exists());
 }

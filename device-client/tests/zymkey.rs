@@ -89,6 +89,7 @@ fn generate_key_makes_a_key_once_and_remembers_its_slot() {
         generate_key: true,
         state_dir: state.path().to_owned(),
         may_generate: true,
+        ..Default::default()
     };
     let first = keystore::open(&KeySpec::Zymkey(None), &options).unwrap();
     let slot: i32 = std::fs::read_to_string(state.path().join("zymkey-slot"))

@@ -4,11 +4,12 @@
 #   libssl-dev  OpenSSL's libcrypto headers, for the stand-in Zymkey library the tests compile
 #   gcc         to compile that stand-in
 #   openssl     the independent verifier of CSRs in the tests
+#   faketime    libfaketime, to run the client with its clock set back (a board without an RTC)
 # apt-get update runs only when something is missing.
 set -euo pipefail
 
 need=()
-for pkg in softhsm2 libssl-dev gcc openssl; do
+for pkg in softhsm2 libssl-dev gcc openssl faketime; do
   if ! dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed'; then
     need+=("$pkg")
   fi

@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use p256::ecdsa::signature::hazmat::PrehashSigner;
@@ -10,39 +10,62 @@ use p256::ecdsa::{Signature, SigningKey};
 use p256::pkcs8::DecodePrivateKey;
 
 use super::{KeyStore, KeyStoreError};
+use crate::files::Sharing;
 
 /// A PKCS#8 PEM key file, for development and for devices without a security module.
-/// Created with mode 0600; refused if others can read it.
+/// Created with mode 0600 (0640, group-owned, when shared with a group); refused if anyone
+/// else can read it. The key is in this process's memory while it runs.
 pub struct FileKeyStore {
     path: PathBuf,
     key: SigningKey,
 }
 
 impl FileKeyStore {
-    pub fn open_or_create(path: &Path) -> Result<Self, KeyStoreError> {
+    /// The key file, created if absent; its mode and group are brought in line with `sharing`
+    /// (enroll runs again after `group` was set or removed).
+    pub fn open_or_create(path: &Path, sharing: Sharing) -> Result<Self, KeyStoreError> {
         let err = |message: String| KeyStoreError::File {
             path: path.to_owned(),
             message,
         };
-        if !path.exists() {
-            create_key_file(path).map_err(|e| err(e.to_string()))?;
+        match fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                create_key_file(path, sharing).map_err(|e| err(e.to_string()))?;
+            }
+            Err(e) => return Err(err(e.to_string())),
+            // Between owner-only and group-readable: follow the configuration. A key that
+            // others could read or write is not quietly repaired: `open` refuses it.
+            Ok(meta) if meta.permissions().mode() & 0o777 & !0o640 == 0 => {
+                crate::files::share_file(path, sharing).map_err(|e| err(e.to_string()))?;
+            }
+            Ok(_) => {}
         }
-        Self::open(path)
+        Self::open(path, sharing)
     }
 
     /// An existing key file; a missing one is an error (commands after `enroll` must not
-    /// invent a key the certificate is not for).
-    pub fn open(path: &Path) -> Result<Self, KeyStoreError> {
+    /// invent a key the certificate is not for). Readable by the owner only, or also by the
+    /// group it is shared with.
+    pub fn open(path: &Path, sharing: Sharing) -> Result<Self, KeyStoreError> {
         let err = |message: String| KeyStoreError::File {
             path: path.to_owned(),
             message,
         };
         let meta = fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(err(format!(
-                "mode {:o} lets others read the private key; chmod 600 it",
-                meta.permissions().mode() & 0o777
-            )));
+        let mode = meta.permissions().mode() & 0o777;
+        let shared_with_its_group = sharing.gid() == Some(meta.gid());
+        let allowed = if shared_with_its_group { 0o640 } else { 0o600 };
+        if mode & !allowed != 0 {
+            return Err(err(if shared_with_its_group {
+                format!(
+                    "mode {mode:o} lets others than its group read the private key; chmod 640 it"
+                )
+            } else {
+                format!(
+                    "mode {mode:o} lets others read the private key; chmod 600 it (or set \
+                     `group` to share it with the file's group)"
+                )
+            }));
         }
         let pem = fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let key = SigningKey::from_pkcs8_pem(&pem)
@@ -54,14 +77,17 @@ impl FileKeyStore {
     }
 }
 
-/// A fresh P-256 key, written to a temporary file with 0600 from its creation, then renamed
-/// into place: an interrupted run leaves either no key or a whole one.
-fn create_key_file(path: &Path) -> std::io::Result<()> {
+/// A fresh P-256 key, written to a temporary file that no one else can read from its creation,
+/// then renamed into place: an interrupted run leaves either no key or a whole one.
+fn create_key_file(path: &Path, sharing: Sharing) -> std::io::Result<()> {
     let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(std::io::Error::other)?;
     let pem = pair.serialize_pem();
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::files::ensure_private_dir(dir)?;
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        crate::files::ensure_dir(dir, sharing)?;
     }
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
@@ -70,6 +96,10 @@ fn create_key_file(path: &Path) -> std::io::Result<()> {
         .create_new(true)
         .mode(0o600)
         .open(&tmp)?;
+    if let Some(gid) = sharing.gid() {
+        std::os::unix::fs::fchown(&file, None, Some(gid))?;
+    }
+    file.set_permissions(fs::Permissions::from_mode(sharing.file_mode()))?;
     file.write_all(pem.as_bytes())?;
     file.sync_all()?;
     fs::rename(&tmp, path)

@@ -6,18 +6,24 @@
 //! A key store is named by a spec, on the command line (`--key`), in the config file (`key`)
 //! and in `enrollment.json` (so later commands find the key enrollment used):
 //!
-//! - `file:PATH`: a PKCS#8 PEM file, created 0600 if absent (development, no module).
+//! - `file:PATH`: a PKCS#8 PEM file, created 0600 if absent (0640 and group-owned when a
+//!   group is configured), for development only: the private key is in the file and in this
+//!   process's memory.
 //! - `zymkey` or `zymkey:SLOT`: a Zymbit Zymkey 4i, HSM4, HSM6 or SCM through
 //!   `libzk_app_utils`; slot 0 by default. With `--generate-key` (HSM6/SCM) a key pair is
 //!   made in the module on first use and its slot remembered in `<dir>/zymkey-slot`.
 //! - `pkcs11:module=PATH;token=LABEL;key=LABEL;pin-file=PATH`: any PKCS#11 module (Zymbit's
-//!   `zkpkcs11`, an HSM, SoftHSM2). The RFC 7512 names `module-path`, `object` and
-//!   `pin-source=file:PATH` are accepted too; values may be percent-encoded. Without
-//!   `pin-file` the PIN comes from the environment variable `CVM_PKCS11_PIN`.
+//!   `zkpkcs11`, an HSM, SoftHSM2). `enroll` generates the key pair on the token when the
+//!   label names none; the other commands only use an existing one. The RFC 7512 names
+//!   `module-path`, `object` and `pin-source=file:PATH` are accepted too; values may be
+//!   percent-encoded. Without `pin-file` the PIN comes from the environment variable
+//!   `CVM_PKCS11_PIN`.
 
 use std::path::PathBuf;
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, CONTROLS};
+
+use crate::files::Sharing;
 
 mod file;
 pub mod pkcs11;
@@ -35,6 +41,13 @@ pub enum KeyStoreError {
     Zymkey(String),
     #[error("{0}")]
     Pkcs11(String),
+    /// The PIN is missing, wrong or locked: trying again would only count more failures
+    /// against it, until the token locks.
+    #[error("{0}")]
+    Pin(String),
+    /// No key where the spec points, and this command may not make one (only `enroll` may).
+    #[error("{0}")]
+    NoKey(String),
     #[error("--key {spec:?}: {message}")]
     Spec { spec: String, message: String },
     #[error("signing failed: {0}")]
@@ -97,6 +110,8 @@ pub struct OpenOptions {
     pub state_dir: PathBuf,
     /// Whether this command may generate a key (enroll may; credentials and publish may not).
     pub may_generate: bool,
+    /// Who may read the files the store writes (a key file, `zymkey-slot`).
+    pub sharing: Sharing,
 }
 
 pub const ZYMKEY_SLOT_FILE: &str = "zymkey-slot";
@@ -104,10 +119,14 @@ pub const ZYMKEY_SLOT_FILE: &str = "zymkey-slot";
 /// Opens the key store a spec names.
 pub fn open(spec: &KeySpec, options: &OpenOptions) -> Result<Box<dyn KeyStore>, KeyStoreError> {
     match spec {
-        KeySpec::File(path) if options.may_generate => {
-            Ok(Box::new(FileKeyStore::open_or_create(path)?))
+        KeySpec::File(path) if options.may_generate => Ok(Box::new(FileKeyStore::open_or_create(
+            path,
+            options.sharing,
+        )?)),
+        KeySpec::File(path) => Ok(Box::new(FileKeyStore::open(path, options.sharing)?)),
+        KeySpec::Pkcs11(p) if options.may_generate => {
+            Ok(Box::new(Pkcs11Store::open_or_generate(p)?))
         }
-        KeySpec::File(path) => Ok(Box::new(FileKeyStore::open(path)?)),
         KeySpec::Pkcs11(p) => Ok(Box::new(Pkcs11Store::open(p)?)),
         KeySpec::Zymkey(Some(_)) if options.generate_key && options.may_generate => {
             Err(KeyStoreError::Spec {
@@ -151,11 +170,12 @@ fn open_generated_zymkey(options: &OpenOptions) -> Result<Box<dyn KeyStore>, Key
                     slot_file.display()
                 ))
             };
-            crate::files::ensure_private_dir(&options.state_dir).map_err(io)?;
-            crate::files::write_atomic(&slot_file, format!("{slot}\n").as_bytes()).map_err(io)?;
+            crate::files::ensure_dir(&options.state_dir, options.sharing).map_err(io)?;
+            crate::files::write_atomic(&slot_file, format!("{slot}\n").as_bytes(), options.sharing)
+                .map_err(io)?;
             Ok(Box::new(ZymkeyStore::open(lib, slot)?))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyStoreError::Zymkey(format!(
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(KeyStoreError::NoKey(format!(
             "no generated Zymkey key yet ({} is missing): run `cvm-device enroll` first",
             slot_file.display()
         ))),

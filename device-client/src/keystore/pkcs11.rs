@@ -1,6 +1,7 @@
 //! Any PKCS#11 module: Zymbit's `zkpkcs11`, an HSM, or SoftHSM2 for tests. The key pair is
-//! found on the token by label or, the first time, generated there: sensitive and not
-//! extractable, so it never leaves the token.
+//! found on the token by label or, at enrollment only, generated there: sensitive and not
+//! extractable, so it never leaves the token. Every other command opens an existing key and
+//! names the token and label when there is none.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -84,11 +85,11 @@ impl Pkcs11Spec {
     fn pin(&self) -> Result<AuthPin, KeyStoreError> {
         let pin = match &self.pin_file {
             Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| err(format!("PIN file {}: {e}", path.display())))?
+                .map_err(|e| KeyStoreError::Pin(format!("PIN file {}: {e}", path.display())))?
                 .trim_end_matches(['\n', '\r'])
                 .to_owned(),
             None => std::env::var(PIN_ENV).map_err(|_| {
-                err(format!(
+                KeyStoreError::Pin(format!(
                     "no PIN for token {:?}: add pin-file=PATH to the key spec or set {PIN_ENV}",
                     self.token
                 ))
@@ -137,8 +138,25 @@ pub struct Pkcs11Store {
     initialized: bool,
 }
 
+/// What to do when the token has no key pair with the spec's label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IfMissing {
+    Generate,
+    Fail,
+}
+
 impl Pkcs11Store {
+    /// The existing key pair the spec names; none is an error naming the token and the label.
     pub fn open(spec: &Pkcs11Spec) -> Result<Self, KeyStoreError> {
+        Self::open_with(spec, IfMissing::Fail)
+    }
+
+    /// The key pair the spec names, generated on the token if there is none (enrollment).
+    pub fn open_or_generate(spec: &Pkcs11Spec) -> Result<Self, KeyStoreError> {
+        Self::open_with(spec, IfMissing::Generate)
+    }
+
+    fn open_with(spec: &Pkcs11Spec, if_missing: IfMissing) -> Result<Self, KeyStoreError> {
         let module = &spec.module;
         let context = Pkcs11::new(module).map_err(|e| {
             err(format!(
@@ -163,7 +181,7 @@ impl Pkcs11Store {
                     )))
                 }
             };
-        match Self::open_key(&context, spec) {
+        match Self::open_key(&context, spec, if_missing) {
             Ok((session, private_key, public_key)) => Ok(Self {
                 spec: spec.clone(),
                 session: Mutex::new(Some(session)),
@@ -184,6 +202,7 @@ impl Pkcs11Store {
     fn open_key(
         context: &Pkcs11,
         spec: &Pkcs11Spec,
+        if_missing: IfMissing,
     ) -> Result<(Session, ObjectHandle, [u8; 65]), KeyStoreError> {
         let slot = find_token(context, spec)?;
         let session = context.open_rw_session(slot).map_err(|e| {
@@ -196,14 +215,23 @@ impl Pkcs11Store {
         match session.login(UserType::User, Some(&spec.pin()?)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
             Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-                return Err(err(format!(
+                return Err(KeyStoreError::Pin(format!(
                     "wrong PIN for PKCS#11 token {:?} (CKR_PIN_INCORRECT)",
                     spec.token
                 )))
             }
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => {
-                return Err(err(format!(
+                return Err(KeyStoreError::Pin(format!(
                     "the PIN of PKCS#11 token {:?} is locked (CKR_PIN_LOCKED)",
+                    spec.token
+                )))
+            }
+            Err(CkError::Pkcs11(
+                rv @ (RvError::PinInvalid | RvError::PinLenRange | RvError::PinExpired),
+                _,
+            )) => {
+                return Err(KeyStoreError::Pin(format!(
+                    "PKCS#11 token {:?} does not accept the PIN ({rv:?})",
                     spec.token
                 )))
             }
@@ -215,9 +243,18 @@ impl Pkcs11Store {
                 )))
             }
         }
-        let (private_key, public_key) = match find_key_pair(&session, &spec.key)? {
-            Some(pair) => pair,
-            None => generate_key_pair(&session, &spec.key)?,
+        let (private_key, public_key) = match (find_key_pair(&session, &spec.key)?, if_missing) {
+            (Some(pair), _) => pair,
+            (None, IfMissing::Generate) => generate_key_pair(&session, &spec.key)?,
+            (None, IfMissing::Fail) => {
+                return Err(KeyStoreError::NoKey(format!(
+                    "no key labelled {:?} on PKCS#11 token {:?} ({}): `cvm-device enroll` \
+                     generates it; check key= and token= in the key spec",
+                    spec.key,
+                    spec.token,
+                    spec.module.display()
+                )))
+            }
         };
         let public_key = read_public_point(&session, public_key, &spec.key)?;
         Ok((session, private_key, public_key))

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use cvm_device::KeyStore;
@@ -15,6 +16,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
 
 pub const DEVICE_BIN: &str = env!("CARGO_BIN_EXE_cvm-device");
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -452,6 +454,103 @@ impl Drop for TestServer {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A stub vending API
+
+pub struct Stub {
+    pub ca: Arc<TestCa>,
+    pub server: TestServer,
+    pub ca_file: tempfile::NamedTempFile,
+}
+
+/// A stub API answering the n-th request (from 0) with `script(n, certificate)`, where
+/// `certificate` is a certificate for the request's CSR.
+pub async fn stub(script: impl Fn(usize, String) -> Reply + Send + Sync + 'static) -> Stub {
+    let ca = Arc::new(TestCa::new("stub API CA"));
+    let count = AtomicUsize::new(0);
+    let issuer = ca.clone();
+    let handler: Handler = Arc::new(move |request: &Received| {
+        let n = count.fetch_add(1, Ordering::SeqCst);
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let certificate = issuer.certify_csr(body["csr"].as_str().unwrap());
+        script(n, certificate)
+    });
+    let server = TestServer::start(server_tls(&ca, None), handler).await;
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    ca.write(ca_file.path());
+    Stub {
+        ca,
+        server,
+        ca_file,
+    }
+}
+
+pub fn vended(status: u16, certificate: String, ca: &TestCa) -> Reply {
+    Reply::json(
+        status,
+        json!({
+            "thingName": "thing-STUB-1",
+            "certificateId": "c0ffee",
+            "certificateArn": "arn:aws:iot:us-east-1:123456789012:cert/c0ffee",
+            "certificatePem": certificate,
+            "caCertificates": [ca.pem],
+            "endpoints": {"data": "data.example.com", "credentials": "creds.example.com"},
+            "policyName": "cvm-device-default",
+            "publicKeyFingerprint": "ignored",
+            "issuedAt": "2030-01-01T00:00:00Z",
+            "roleAlias": "cvm-device-role-alias"
+        }),
+    )
+}
+
+pub fn error(status: u16, code: &str, retry_after: Option<u64>) -> Reply {
+    error_with(status, code, retry_after.map(|s| s.to_string()))
+}
+
+/// An error answer with `Retry-After: <value>` as given (seconds or an HTTP date).
+pub fn error_with(status: u16, code: &str, retry_after: Option<String>) -> Reply {
+    let mut headers = vec![("content-type", "application/json".to_owned())];
+    if let Some(value) = retry_after {
+        headers.push(("retry-after", value));
+    }
+    Reply::Respond {
+        status,
+        headers,
+        body: json!({"code": code, "message": format!("stub says {code}")}).to_string(),
+    }
+}
+
+/// The arguments of `cvm-device enroll` against a stub, writing to `out`.
+pub fn enroll_args(stub: &Stub, token: &Path, out: &Path) -> Vec<String> {
+    [
+        "enroll",
+        "--url",
+        &stub.server.url(),
+        "--serial",
+        "STUB-1",
+        "--token-file",
+        token.to_str().unwrap(),
+        "--ca",
+        stub.ca_file.path().to_str().unwrap(),
+        "--dir",
+        out.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+pub async fn run_enroll(args: &[String], extra: &[&str]) -> Run {
+    let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    run_device(&all, &[]).await
+}
+
+/// After a failure: the key and nothing else.
+pub fn assert_nothing_written(out: &Path) {
+    assert_eq!(files_in(out), vec!["device.key".to_owned()]);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Running the binary
 
 pub struct Run {
@@ -463,7 +562,19 @@ pub struct Run {
 
 /// Runs `cvm-device` with `args`, no config file of the machine's, and `env`.
 pub async fn run_device(args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut command = tokio::process::Command::new(DEVICE_BIN);
+    run_wrapped(&[], args, env).await
+}
+
+/// Runs `cvm-device` under `wrapper` (e.g. `faketime`, `setpriv`), as `run_device` does.
+pub async fn run_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut command = match wrapper.split_first() {
+        Some((program, wrapper_args)) => {
+            let mut command = tokio::process::Command::new(program);
+            command.args(wrapper_args).arg(DEVICE_BIN);
+            command
+        }
+        None => tokio::process::Command::new(DEVICE_BIN),
+    };
     command
         .args(args)
         .env("CVM_CONFIG", "/dev/null")
@@ -488,13 +599,18 @@ pub async fn run_device(args: &[&str], env: &[(&str, &str)]) -> Run {
     }
 }
 
-/// A failed run that said why in one line on stderr and nothing on stdout.
+/// A failed run that said why in one line on stderr and nothing on stdout (besides progress:
+/// retries, waits for the clock, and warnings).
 pub fn assert_one_line_failure(run: &Run, expected: &str) {
     assert!(!run.status.success(), "expected a failure: {}", run.stderr);
     let lines: Vec<&str> = run
         .stderr
         .lines()
-        .filter(|l| !l.contains("retrying"))
+        .filter(|l| {
+            !l.contains("retrying")
+                && !l.contains("; waiting up to ")
+                && !l.starts_with("cvm-device: warning:")
+        })
         .collect();
     assert_eq!(lines.len(), 1, "one line expected: {:?}", run.stderr);
     assert!(lines[0].starts_with("cvm-device: "), "{}", lines[0]);
