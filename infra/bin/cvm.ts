@@ -1,14 +1,21 @@
 #!/usr/bin/env node
-import { App, Aspects, Tags } from 'aws-cdk-lib';
-import { AwsSolutionsChecks } from 'cdk-nag';
-import { ConfigError, loadConfig } from '../lib/config';
-import { CvmStack } from '../lib/cvm-stack';
+import { App } from 'aws-cdk-lib';
+import { addStage, describeOverrides } from '../lib/app';
+import { ConfigError, type LoadedConfig } from '../lib/config';
+import { resolveConfig } from '../lib/stages';
 
-const app = new App();
+// `--no-bundling` (npm run synth:templates): synthesize the templates without building the
+// Rust functions. The CDK CLI refuses user context under `aws:`, so the app sets the CLI's
+// own bundling-stacks key itself, after the CLI's context (postCliContext): no stack is
+// bundled, and the function assets point at the crates' sources. Such an output is for
+// reading, never for deploying.
+const skipBundling = process.argv.includes('--no-bundling');
+const app = new App(skipBundling ? { postCliContext: { 'aws:cdk:bundling-stacks': [] } } : {});
 
-let config;
+let loaded: LoadedConfig;
 try {
-  config = loadConfig((key) => app.node.tryGetContext(key));
+  loaded = resolveConfig((key) => app.node.tryGetContext(key));
+  addStage(app, loaded);
 } catch (error) {
   if (error instanceof ConfigError) {
     process.stderr.write(`Invalid deployment settings: ${error.message}\n`);
@@ -16,11 +23,5 @@ try {
   }
   throw error;
 }
-
-const stack = new CvmStack(app, `Cvm-${config.stage}`, { config });
-Tags.of(stack).add('project', 'certificate-vending-machine');
-Tags.of(stack).add('stage', config.stage);
-
-// The AWS Solutions rules run on every synth: a new finding fails `cdk synth` and
-// `cdk deploy` until it is fixed or acknowledged with a reason in lib/nag.ts.
-Aspects.of(app).add(new AwsSolutionsChecks({ verbose: false }));
+const overrides = describeOverrides(loaded);
+if (overrides) process.stderr.write(`${overrides}\n`);

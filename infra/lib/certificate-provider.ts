@@ -9,9 +9,14 @@ import { RustLambda } from './rust-lambda';
 
 export interface CertificateProviderProps {
   readonly manifestPath: string;
+  readonly buildPackages: readonly string[];
+  readonly stage: string;
   readonly providerName: string;
   readonly pcaArn: string;
-  readonly pcaTemplateArn?: string;
+  /** The end-entity template every device certificate is issued with; the only one IAM allows. */
+  readonly pcaTemplateArn: string;
+  /** The CA's signing algorithm when known at deploy time: the function then skips DescribeCertificateAuthority. */
+  readonly signingAlgorithm?: string;
   readonly validityDays: number;
   readonly cnPattern?: string;
   readonly architecture: CpuArchitecture;
@@ -21,8 +26,10 @@ export interface CertificateProviderProps {
 
 /**
  * Self-managed certificate signing for AWS IoT fleet provisioning: AWS IoT invokes the
- * certificate-provider function for every CreateCertificateFromCsr of the account, and
- * the function signs the CSR with AWS Private CA.
+ * certificate-provider function for every CreateCertificateFromCsr of the fleet-provisioning
+ * MQTT API in the account (not for the CreateCertificateFromCsr control-plane call the vend
+ * function makes), and the function signs the CSR with AWS Private CA. AWS allows one
+ * certificate provider per account.
  */
 export class CertificateProvider extends Construct {
   readonly lambda: RustLambda;
@@ -35,13 +42,16 @@ export class CertificateProvider extends Construct {
 
     const environment: Record<string, string> = {
       CVM_PCA_ARN: props.pcaArn,
+      CVM_PCA_TEMPLATE_ARN: props.pcaTemplateArn,
       CVM_VALIDITY_DAYS: String(props.validityDays),
     };
-    if (props.pcaTemplateArn) environment.CVM_PCA_TEMPLATE_ARN = props.pcaTemplateArn;
+    if (props.signingAlgorithm) environment.CVM_SIGNING_ALGORITHM = props.signingAlgorithm;
     if (props.cnPattern) environment.CVM_CN_PATTERN = props.cnPattern;
 
     this.lambda = new RustLambda(this, 'Provider', {
       manifestPath: props.manifestPath,
+      buildPackages: props.buildPackages,
+      stage: props.stage,
       binaryName: 'cert-provider',
       description: 'Signs fleet-provisioning CSRs for AWS IoT with AWS Private CA',
       architecture: props.architecture,
@@ -54,10 +64,15 @@ export class CertificateProvider extends Construct {
       logRetention: props.logRetention,
     });
 
+    // IssueCertificate only with the configured end-entity template: the role cannot issue a
+    // CA certificate even if the function were made to ask for one.
+    this.lambda.function.addToRolePolicy(issueWithTemplate(props.pcaArn, props.pcaTemplateArn));
+    // GetCertificate polls for the issued certificate; DescribeCertificateAuthority once at
+    // start-up tells the CA's key type, unless the signing algorithm is given.
     this.lambda.function.addToRolePolicy(
       new iam.PolicyStatement({
-        sid: 'SignWithPrivateCa',
-        actions: ['acm-pca:IssueCertificate', 'acm-pca:GetCertificate', 'acm-pca:DescribeCertificateAuthority'],
+        sid: 'ReadIssuedCertificates',
+        actions: ['acm-pca:GetCertificate', ...(props.signingAlgorithm ? [] : ['acm-pca:DescribeCertificateAuthority'])],
         resources: [props.pcaArn],
       }),
     );
@@ -87,4 +102,18 @@ export class CertificateProvider extends Construct {
     // AWS IoT must be allowed to invoke the function before it routes CSRs to it.
     this.provider.node.addDependency(permission);
   }
+}
+
+/**
+ * acm-pca:IssueCertificate on one CA, allowed only with one certificate template
+ * (condition key acm-pca:TemplateArn). A request without a template ARN would get AWS Private
+ * CA's default template and is denied too: the functions always name the template.
+ */
+export function issueWithTemplate(pcaArn: string, templateArn: string): iam.PolicyStatement {
+  return new iam.PolicyStatement({
+    sid: 'IssueWithEndEntityTemplate',
+    actions: ['acm-pca:IssueCertificate'],
+    resources: [pcaArn],
+    conditions: { StringEquals: { 'acm-pca:TemplateArn': templateArn } },
+  });
 }

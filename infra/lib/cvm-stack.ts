@@ -1,15 +1,19 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ArnFormat, Aws, CfnOutput, Duration, RemovalPolicy, Stack, type StackProps } from 'aws-cdk-lib';
 import * as dynamodb from 'aws-cdk-lib/aws-dynamodb';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import type * as logs from 'aws-cdk-lib/aws-logs';
 import type { Construct } from 'constructs';
-import { CertificateProvider } from './certificate-provider';
-import type { CvmConfig } from './config';
+import { CertificateProvider, issueWithTemplate } from './certificate-provider';
+import { type CvmConfig, DEFAULT_PCA_TEMPLATE } from './config';
+import { CrlDistribution } from './crl';
+import { CertificateExpiryAudit } from './device-defender';
 import { DeviceIdentity } from './device-identity';
+import { FleetProvisioning } from './fleet-provisioning';
 import { Monitoring } from './monitoring';
 import { acknowledgeFindings } from './nag';
-import { PROVIDER_MANIFEST, repoRoot, VEND_MANIFEST } from './paths';
+import { HOOK_MANIFEST, lambdaPackages, PROVIDER_MANIFEST, repoRoot, VEND_MANIFEST } from './paths';
 import { PrivateCa } from './private-ca';
 import { RustLambda } from './rust-lambda';
 import { VendingApi } from './vending-api';
@@ -20,12 +24,15 @@ export interface CvmStackProps extends StackProps {
   readonly vendManifestPath?: string;
   /** Cargo.toml of the certificate-provider crate; defaults to functions/cert-provider/Cargo.toml. */
   readonly providerManifestPath?: string;
+  /** Cargo.toml of the pre-provisioning hook crate; defaults to functions/provisioning-hook/Cargo.toml. */
+  readonly hookManifestPath?: string;
 }
 
 /**
  * The Certificate Vending Machine: the device table, the vending API and function, the
- * AWS IoT policy and role alias devices receive, optionally an AWS Private CA and the
- * fleet-provisioning certificate provider, and the operations view.
+ * AWS IoT policy and role alias devices receive, optionally an AWS Private CA (with its CRL),
+ * the fleet-provisioning certificate provider, fleet provisioning by claim and the Device
+ * Defender expiry audit, and the operations view.
  */
 export class CvmStack extends Stack {
   readonly table: dynamodb.Table;
@@ -33,17 +40,26 @@ export class CvmStack extends Stack {
   readonly api: VendingApi;
   readonly identity: DeviceIdentity;
   readonly provider?: CertificateProvider;
+  readonly fleet?: FleetProvisioning;
   readonly privateCa?: PrivateCa;
+  readonly crl?: CrlDistribution;
+  readonly audit?: CertificateExpiryAudit;
   readonly monitoring: Monitoring;
+  /** The Private CA template device certificates are issued with, when a Private CA signs. */
+  readonly pcaTemplateArn?: string;
 
   constructor(scope: Construct, id: string, props: CvmStackProps) {
     super(scope, id, {
       description: `Certificate Vending Machine for AWS IoT (${props.config.stage})`,
+      terminationProtection: props.config.terminationProtection,
       ...props,
     });
     const config = props.config;
-    const vendManifestPath = props.vendManifestPath ?? path.join(repoRoot(), VEND_MANIFEST);
-    const providerManifestPath = props.providerManifestPath ?? path.join(repoRoot(), PROVIDER_MANIFEST);
+    const root = repoRoot();
+    const vendManifestPath = props.vendManifestPath ?? path.join(root, VEND_MANIFEST);
+    const providerManifestPath = props.providerManifestPath ?? path.join(root, PROVIDER_MANIFEST);
+    const hookManifestPath = props.hookManifestPath ?? path.join(root, HOOK_MANIFEST);
+    const buildPackages = lambdaPackages(root);
     const logRetention = config.logRetentionDays as logs.RetentionDays;
     const iotArn = (resource: string, resourceName: string) =>
       this.formatArn({ service: 'iot', resource, resourceName, arnFormat: ArnFormat.SLASH_RESOURCE_NAME });
@@ -70,9 +86,17 @@ export class CvmStack extends Stack {
     });
 
     let pcaArn = config.pcaArn;
+    let signingAlgorithm: string | undefined;
     if (config.createPrivateCa) {
-      this.privateCa = new PrivateCa(this, 'PrivateCa', { commonName: config.privateCaCommonName });
+      if (config.crl) this.crl = new CrlDistribution(this, 'Crl');
+      this.privateCa = new PrivateCa(this, 'PrivateCa', { commonName: config.privateCaCommonName, crl: this.crl });
       pcaArn = this.privateCa.arn;
+      // Known from the CA's key: the functions then need no DescribeCertificateAuthority.
+      signingAlgorithm = this.privateCa.signingAlgorithm;
+    }
+    if (pcaArn) {
+      this.pcaTemplateArn =
+        config.pcaTemplateArn ?? `arn:${Aws.PARTITION}:acm-pca:::template/${DEFAULT_PCA_TEMPLATE}`;
     }
 
     this.identity = new DeviceIdentity(this, 'DeviceIdentity', {
@@ -86,13 +110,17 @@ export class CvmStack extends Stack {
       CVM_TABLE_NAME: this.table.tableName,
       CVM_ISSUER: config.issuerMode,
       CVM_DEFAULT_POLICY_NAME: config.policyName,
-      CVM_MAX_FAILED_ATTEMPTS: String(config.maxFailedAttempts),
+      CVM_LOCKOUT_FREE_ATTEMPTS: String(config.lockoutFreeAttempts),
+      CVM_LOCKOUT_MAX_SECONDS: String(config.lockoutMaxSeconds),
+      CVM_RENEWAL_GRACE_HOURS: String(config.renewalGraceHours),
+      CVM_RENEWAL_EXPIRED_GRACE_DAYS: String(config.renewalExpiredGraceDays),
       CVM_ROLE_ALIAS: config.roleAliasName,
     };
     if (config.issuerMode === 'acm-pca') {
       vendEnvironment.CVM_PCA_ARN = pcaArn as string;
+      vendEnvironment.CVM_PCA_TEMPLATE_ARN = this.pcaTemplateArn as string;
       vendEnvironment.CVM_VALIDITY_DAYS = String(config.validityDays);
-      if (config.pcaTemplateArn) vendEnvironment.CVM_PCA_TEMPLATE_ARN = config.pcaTemplateArn;
+      if (signingAlgorithm) vendEnvironment.CVM_SIGNING_ALGORITHM = signingAlgorithm;
       if (config.pcaRegisteredWithIot) vendEnvironment.CVM_PCA_REGISTERED_WITH_IOT = 'true';
     }
     if (config.iotDataEndpoint && config.iotCredentialsEndpoint) {
@@ -102,8 +130,10 @@ export class CvmStack extends Stack {
 
     this.vend = new RustLambda(this, 'Vend', {
       manifestPath: vendManifestPath,
+      buildPackages,
+      stage: config.stage,
       binaryName: 'vend',
-      description: 'Vends AWS IoT device certificates: POST /v1/certificates',
+      description: 'Vends and renews AWS IoT device certificates: POST /v1/certificates, /v1/renewals, /v1/renewals/confirm',
       architecture: config.architecture,
       memorySize: 256,
       // A vend is about six sequential AWS round trips (read the record, claim it, issue the
@@ -140,18 +170,20 @@ export class CvmStack extends Stack {
         }),
       );
     } else {
-      // DescribeCertificateAuthority once at start-up (the signing algorithm follows the CA's
-      // key type), IssueCertificate and GetCertificate per vend, RevokeCertificate to undo a
-      // vend that failed after issuance; GetCertificateAuthorityCertificate once at start-up
-      // when certificates are registered with the CA.
+      // IssueCertificate per vend, only with the end-entity template; GetCertificate per vend;
+      // RevokeCertificate to undo a vend that failed after issuance and for a renewal's old or
+      // abandoned certificate; DescribeCertificateAuthority once at start-up (the signing
+      // algorithm follows the CA's key type) unless the algorithm is configured;
+      // GetCertificateAuthorityCertificate once at start-up when certificates are registered
+      // with the CA.
+      vendFn.addToRolePolicy(issueWithTemplate(pcaArn as string, this.pcaTemplateArn as string));
       vendFn.addToRolePolicy(
         new iam.PolicyStatement({
-          sid: 'IssueWithPrivateCa',
+          sid: 'UsePrivateCa',
           actions: [
-            'acm-pca:DescribeCertificateAuthority',
-            'acm-pca:IssueCertificate',
             'acm-pca:GetCertificate',
             'acm-pca:RevokeCertificate',
+            ...(signingAlgorithm ? [] : ['acm-pca:DescribeCertificateAuthority']),
             ...(config.pcaRegisteredWithIot ? ['acm-pca:GetCertificateAuthorityCertificate'] : []),
           ],
           resources: [pcaArn as string],
@@ -168,12 +200,14 @@ export class CvmStack extends Stack {
       );
     }
     // The reference authorizes all of these against the certificate (resource type "cert"):
-    // AttachPolicy/DetachPolicy against their target, not the policy, and
+    // AttachPolicy/DetachPolicy/ListAttachedPolicies against their target, not the policy, and
     // AttachThingPrincipal/DetachThingPrincipal against the principal, not the thing.
     // IAM therefore cannot restrict which AWS IoT policy gets attached: the function attaches
     // the deployment's policy or the one the enrollment record (written by operators) names,
-    // never one the request names. In acm-pca mode, undoing a vend reads the certificate
-    // (DescribeCertificate) to revoke it at the CA before deleting it.
+    // never one the request names. A confirmed renewal retires the old certificate: revoked,
+    // then detached from the thing and from every policy attached to it (ListAttachedPolicies),
+    // in either issuer mode. In acm-pca mode, revoking at the CA reads the certificate
+    // (DescribeCertificate) for its serial, when undoing a vend or retiring a certificate.
     vendFn.addToRolePolicy(
       new iam.PolicyStatement({
         sid: 'ManageVendedCertificates',
@@ -182,6 +216,7 @@ export class CvmStack extends Stack {
           'iot:DeleteCertificate',
           'iot:AttachPolicy',
           'iot:DetachPolicy',
+          'iot:ListAttachedPolicies',
           'iot:AttachThingPrincipal',
           'iot:DetachThingPrincipal',
           ...(config.issuerMode === 'acm-pca' ? ['iot:DescribeCertificate'] : []),
@@ -212,14 +247,49 @@ export class CvmStack extends Stack {
     if (config.certificateProvider) {
       this.provider = new CertificateProvider(this, 'CertificateProvider', {
         manifestPath: providerManifestPath,
+        buildPackages,
+        stage: config.stage,
         providerName: config.certificateProviderName,
         pcaArn: pcaArn as string,
-        pcaTemplateArn: config.pcaTemplateArn,
+        pcaTemplateArn: this.pcaTemplateArn as string,
+        signingAlgorithm,
         validityDays: config.validityDays,
         cnPattern: config.cnPattern,
         architecture: config.architecture,
         reservedConcurrency: config.providerReservedConcurrency,
         logRetention,
+      });
+    }
+
+    if (config.fleetProvisioning) {
+      if (!fs.existsSync(hookManifestPath)) {
+        throw new Error(
+          `fleetProvisioning=true deploys the pre-provisioning hook, but its crate is missing (${hookManifestPath})`,
+        );
+      }
+      this.fleet = new FleetProvisioning(this, 'FleetProvisioning', {
+        hookManifestPath,
+        buildPackages,
+        stage: config.stage,
+        templateName: config.provisioningTemplateName,
+        claimPolicyName: config.claimPolicyName,
+        claimClientIdPrefix: config.claimClientIdPrefix,
+        table: this.table,
+        defaultPolicyName: config.policyName,
+        lockoutFreeAttempts: config.lockoutFreeAttempts,
+        lockoutMaxSeconds: config.lockoutMaxSeconds,
+        architecture: config.architecture,
+        reservedConcurrency: config.hookReservedConcurrency,
+        logRetention,
+      });
+      // The template attaches the device policy by name: it must exist first.
+      this.fleet.template.node.addDependency(this.identity.policy);
+    }
+
+    if (config.deviceDefenderAudit) {
+      this.audit = new CertificateExpiryAudit(this, 'CertificateExpiryAudit', {
+        stage: config.stage,
+        notificationTopicArn: config.alarmTopicArn,
       });
     }
 
@@ -243,13 +313,14 @@ export class CvmStack extends Stack {
       vendFunction: vendFn,
       apiStage: this.api.stage,
       providerFunction: this.provider?.lambda.function,
+      hookFunction: this.fleet?.hook.function,
       alarmTopicArn: config.alarmTopicArn,
     });
 
     acknowledgeFindings(this, config);
 
     new CfnOutput(this, 'ApiUrl', {
-      description: 'Base URL of the vending API; devices POST to <url>v1/certificates',
+      description: 'Base URL of the vending API; devices POST to <url>v1/certificates, <url>v1/renewals, <url>v1/renewals/confirm',
       value: this.api.url,
     });
     if (this.api.domain) {
@@ -280,8 +351,24 @@ export class CvmStack extends Stack {
     if (pcaArn) {
       new CfnOutput(this, 'PrivateCaArn', { value: pcaArn });
     }
+    if (this.crl) {
+      new CfnOutput(this, 'CrlDistributionDomain', {
+        description: 'Host of the CRL distribution point certificates name: http://<domain>/crl/<ca-id>.crl',
+        value: this.crl.domainName,
+      });
+    }
     if (this.provider) {
       new CfnOutput(this, 'CertificateProviderName', { value: config.certificateProviderName });
+    }
+    if (this.fleet) {
+      new CfnOutput(this, 'ProvisioningTemplateName', {
+        description: 'Fleet-provisioning template devices name in $aws/provisioning-templates/<name>/provision/json',
+        value: config.provisioningTemplateName,
+      });
+      new CfnOutput(this, 'ClaimPolicyName', {
+        description: 'AWS IoT policy to attach to claim certificates (cvm-admin claim certificates)',
+        value: config.claimPolicyName,
+      });
     }
     new CfnOutput(this, 'DashboardUrl', {
       description: 'CloudWatch dashboard of this deployment',

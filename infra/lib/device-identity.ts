@@ -29,11 +29,18 @@ export class DeviceIdentity extends Construct {
     const iotArn = (resource: string, resourceName: string) =>
       stack.formatArn({ service: 'iot', resource, resourceName, arnFormat: ArnFormat.SLASH_RESOURCE_NAME });
 
-    // The role behind the role alias. It trusts only the AWS IoT credentials provider and
-    // has no permissions unless the operator names managed policies for it: a device gets
-    // exactly the AWS access the fleet needs, granted deliberately.
+    // The role behind the role alias. It trusts only the AWS IoT credentials provider, and
+    // only on behalf of this account's role alias (confused-deputy protection: SourceAccount
+    // and SourceArn, as AWS documents for credentials.iot.amazonaws.com; the ARN is built from
+    // the alias name because the alias itself refers to this role). It has no permissions
+    // unless the operator names managed policies for it: a device gets exactly the AWS access
+    // the fleet needs, granted deliberately.
+    const roleAliasArn = iotArn('rolealias', props.roleAliasName);
     this.deviceRole = new iam.Role(this, 'DeviceRole', {
-      assumedBy: new iam.ServicePrincipal('credentials.iot.amazonaws.com'),
+      assumedBy: new iam.ServicePrincipal('credentials.iot.amazonaws.com').withConditions({
+        StringEquals: { 'aws:SourceAccount': stack.account },
+        ArnEquals: { 'aws:SourceArn': roleAliasArn },
+      }),
       description: 'Assumed by the AWS IoT credentials provider for devices holding a vended certificate',
       managedPolicies: props.deviceRoleManagedPolicyArns.map((arn, i) =>
         iam.ManagedPolicy.fromManagedPolicyArn(this, `DevicePolicy${i}`, arn),

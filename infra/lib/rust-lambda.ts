@@ -17,15 +17,22 @@ export interface RustLambdaProps {
   readonly timeout: Duration;
   /** Undefined leaves the function on the account's unreserved pool. */
   readonly reservedConcurrency?: number;
+  /** The deployment's stage: every function gets it as CVM_STAGE, the `Stage` dimension of its metrics. */
+  readonly stage: string;
   readonly environment: Record<string, string>;
   readonly logRetention: logs.RetentionDays;
+  /**
+   * Every Lambda package of the workspace, named in each function's release build so that
+   * the dependencies they share compile once (see `lambdaPackages` in lib/paths.ts).
+   */
+  readonly buildPackages: readonly string[];
 }
 
 /**
  * A Rust Lambda function built with cargo-lambda, with what every function of this
- * product shares: its own log group with a retention, JSON logs at INFO, and its own
- * role that holds nothing but the right to write to that log group. Callers add the
- * AWS actions the function's code calls, one statement per purpose.
+ * product shares: its own log group with a retention, JSON logs at INFO, its stage in
+ * CVM_STAGE, and its own role that holds nothing but the right to write to that log group.
+ * Callers add the AWS actions the function's code calls, one statement per purpose.
  */
 export class RustLambda extends Construct {
   readonly function: lambda.Function;
@@ -56,22 +63,25 @@ export class RustLambda extends Construct {
       runtime: 'provided.al2023',
       architecture: props.architecture === 'arm64' ? lambda.Architecture.ARM_64 : lambda.Architecture.X86_64,
       bundling: {
-        // Build exactly the dependency versions of the committed Cargo.lock.
-        cargoLambdaFlags: ['--locked'],
+        // Build exactly the dependency versions of the committed Cargo.lock, with the
+        // features of all the Lambda packages unified (one build of the shared dependencies).
+        cargoLambdaFlags: ['--locked', ...props.buildPackages.flatMap((name) => ['-p', name])],
       },
       description: props.description,
       memorySize: props.memorySize,
       timeout: props.timeout,
       reservedConcurrentExecutions: props.reservedConcurrency,
-      environment: props.environment,
+      environment: { ...props.environment, CVM_STAGE: props.stage },
       role: this.role,
       logGroup: this.logGroup,
       // The runtime sets AWS_LAMBDA_LOG_FORMAT=JSON and AWS_LAMBDA_LOG_LEVEL=INFO,
       // which the functions' tracing subscriber follows. Keep INFO or more verbose: the
       // metric lines (Embedded Metric Format) carry no level, so Lambda files them as INFO.
+      // System logs at INFO keep the platform's report lines (duration, billed duration,
+      // memory used, init duration) of every invocation: the cold-start and memory evidence.
       loggingFormat: lambda.LoggingFormat.JSON,
       applicationLogLevelV2: lambda.ApplicationLogLevel.INFO,
-      systemLogLevelV2: lambda.SystemLogLevel.WARN,
+      systemLogLevelV2: lambda.SystemLogLevel.INFO,
     });
 
     this.function.addToRolePolicy(

@@ -16,12 +16,16 @@ export interface VendingApiProps {
   readonly certificateArn?: string;
 }
 
+/** The routes, all served by the vend function: first vend, then renewal and its confirmation. */
 export const VEND_ROUTE_PATH = '/v1/certificates';
+export const RENEWAL_ROUTE_PATH = '/v1/renewals';
+export const RENEWAL_CONFIRM_ROUTE_PATH = '/v1/renewals/confirm';
+export const ROUTE_PATHS = [VEND_ROUTE_PATH, RENEWAL_ROUTE_PATH, RENEWAL_CONFIRM_ROUTE_PATH] as const;
 
 /**
  * Fields of one access-log line. Deliberately absent: the request body (it carries the
  * enrollment token and the CSR), the query string and headers other than the user agent.
- * The path is not logged either; the route key names the one route there is.
+ * The path is not logged either; the route key names the route.
  */
 export const ACCESS_LOG_FIELDS: Record<string, string> = {
   requestId: '$context.requestId',
@@ -40,7 +44,9 @@ export const ACCESS_LOG_FIELDS: Record<string, string> = {
 };
 
 /**
- * The public vending endpoint: `POST /v1/certificates` and nothing else.
+ * The public vending endpoint: `POST /v1/certificates` (first vend, with the one-time
+ * token), `POST /v1/renewals` and `POST /v1/renewals/confirm` (renewal, signed by the
+ * device's current and then its new key), and nothing else.
  *
  * An HTTP API rather than a REST API. What a REST API would add does not apply here:
  * usage plans meter API keys, and a device has no key (nor any identity) before it is
@@ -54,8 +60,8 @@ export const ACCESS_LOG_FIELDS: Record<string, string> = {
 export class VendingApi extends Construct {
   readonly api: apigwv2.HttpApi;
   readonly stage: apigwv2.HttpStage;
-  /** The one route. */
-  readonly route: apigwv2.HttpRoute;
+  /** The routes, in the order of ROUTE_PATHS. */
+  readonly routes: apigwv2.HttpRoute[];
   readonly accessLogGroup: logs.LogGroup;
   readonly domain?: apigwv2.DomainName;
   /** The URL devices call, ending in a slash. */
@@ -80,13 +86,13 @@ export class VendingApi extends Construct {
       disableExecuteApiEndpoint: this.domain !== undefined,
     });
 
-    [this.route] = this.api.addRoutes({
-      path: VEND_ROUTE_PATH,
-      methods: [apigwv2.HttpMethod.POST],
-      integration: new HttpLambdaIntegration('Vend', props.vendFunction, {
-        payloadFormatVersion: apigwv2.PayloadFormatVersion.VERSION_2_0,
-      }),
+    // One integration for all routes: the function routes by path itself.
+    const integration = new HttpLambdaIntegration('Vend', props.vendFunction, {
+      payloadFormatVersion: apigwv2.PayloadFormatVersion.VERSION_2_0,
     });
+    this.routes = ROUTE_PATHS.flatMap((path) =>
+      this.api.addRoutes({ path, methods: [apigwv2.HttpMethod.POST], integration }),
+    );
 
     this.accessLogGroup = new logs.LogGroup(this, 'AccessLogs', {
       retention: props.logRetention,

@@ -1,20 +1,42 @@
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { App, Aspects } from 'aws-cdk-lib';
 import { Annotations, Match, Template } from 'aws-cdk-lib/assertions';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { type CvmConfig, loadConfig } from '../lib/config';
+import { type CvmConfig, loadConfig, type StageCatalog } from '../lib/config';
 import { CvmStack } from '../lib/cvm-stack';
-import { PROVIDER_MANIFEST, repoRoot } from '../lib/paths';
+import { HOOK_MANIFEST, PROVIDER_MANIFEST, repoRoot } from '../lib/paths';
 
 export const PCA_ARN = 'arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555';
 export const ACM_CERT_ARN = 'arn:aws:acm:eu-west-1:123456789012:certificate/aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee';
+export const TEST_ACCOUNT = '123456789012';
 
-/** The deployment configurations whose differences matter, as CDK context. */
+/**
+ * The stage the unit tests synthesize: built-in defaults, and the owner of its account's
+ * singletons so that every setting can be switched on. The stack is built without `env`
+ * (as the unit tests always have), so account and region stay CloudFormation references.
+ */
+export const TEST_STAGE = 'test';
+export const TEST_CATALOG: StageCatalog = new Map([
+  [
+    TEST_STAGE,
+    {
+      name: TEST_STAGE,
+      path: 'stages/test.json',
+      settings: { account: TEST_ACCOUNT, region: 'eu-west-1', ownsAccountSingletons: true },
+    },
+  ],
+]);
+
+/** The deployment configurations whose differences matter, as CDK context over the test stage. */
 export const CONFIGS: Record<string, Record<string, unknown>> = {
   default: {},
   acmPca: { issuerMode: 'acm-pca', pcaArn: PCA_ARN },
   provider: { certificateProvider: 'true', pcaArn: PCA_ARN },
   createdCa: { issuerMode: 'acm-pca', createPrivateCa: 'true', certificateProvider: 'true' },
+  crl: { issuerMode: 'acm-pca', createPrivateCa: 'true', crl: 'true' },
+  fleet: { fleetProvisioning: 'true' },
+  audit: { deviceDefenderAudit: 'true' },
   endpointsGiven: {
     iotDataEndpoint: 'a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com',
     iotCredentialsEndpoint: 'c1d2e3f4g5h6i7.credentials.iot.eu-west-1.amazonaws.com',
@@ -30,24 +52,46 @@ export interface Synthesized {
 
 const cache = new Map<string, Synthesized>();
 
+/** The settings of the test stage under a context (stage defaults to the test stage). */
+export function testConfig(context: Record<string, unknown>): CvmConfig {
+  return loadConfig((key) => (key === 'stage' ? (context.stage ?? TEST_STAGE) : context[key]), TEST_CATALOG).config;
+}
+
 /** The provider crate's manifest; unit tests only read its package name (no bundling). */
 function providerManifest(): string {
   return path.join(repoRoot(), PROVIDER_MANIFEST);
 }
 
-/** Synthesizes the stack for a context, with the AWS Solutions checks applied. */
-export function synth(context: Record<string, unknown>): Synthesized {
-  const key = JSON.stringify(context);
+/**
+ * The hook crate's manifest, or a stand-in while the crate does not exist: unit tests only
+ * read its package name (no bundling), so they must not depend on the crate being there.
+ */
+export function hookManifest(): string {
+  const real = path.join(repoRoot(), HOOK_MANIFEST);
+  if (fs.existsSync(real)) return real;
+  return path.join(repoRoot(), 'infra', 'test', 'fixtures', 'provisioning-hook', 'Cargo.toml');
+}
+
+/** Synthesizes the stack for a configuration, with the AWS Solutions checks applied. */
+export function synthConfig(config: CvmConfig, key = JSON.stringify(config)): Synthesized {
   const cached = cache.get(key);
   if (cached) return cached;
   // An empty bundling-stacks list makes CDK skip asset bundling: no cargo build in unit tests.
   const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
-  const config = loadConfig((k) => context[k]);
-  const stack = new CvmStack(app, 'CvmTest', { config, providerManifestPath: providerManifest() });
+  const stack = new CvmStack(app, 'CvmTest', {
+    config,
+    providerManifestPath: providerManifest(),
+    hookManifestPath: hookManifest(),
+  });
   Aspects.of(app).add(new AwsSolutionsChecks());
   const result = { stack, template: Template.fromStack(stack), config };
   cache.set(key, result);
   return result;
+}
+
+/** Synthesizes the test stage under a context, with the AWS Solutions checks applied. */
+export function synth(context: Record<string, unknown>): Synthesized {
+  return synthConfig(testConfig(context), `context:${JSON.stringify(context)}`);
 }
 
 /** AWS Solutions errors and warnings that were not acknowledged. */

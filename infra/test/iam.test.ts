@@ -20,6 +20,8 @@ const CERT_ACTIONS = [
   'iot:DeleteCertificate',
   'iot:DetachPolicy',
   'iot:DetachThingPrincipal',
+  // A confirmed renewal detaches the old certificate from every policy it has.
+  'iot:ListAttachedPolicies',
   'iot:UpdateCertificate',
 ];
 
@@ -33,12 +35,16 @@ function bySid(statements: Statement[]): Record<string, Omit<Statement, 'sid'>> 
   return out;
 }
 
-const allow = (actions: string[], resources: string[]) => ({
+const allow = (actions: string[], resources: string[], condition?: unknown) => ({
   effect: 'Allow',
   actions: [...actions].sort(),
   resources: [...resources].sort(),
-  condition: undefined,
+  condition,
 });
+
+/** The default device-certificate template, as the template renders it. */
+const DEFAULT_TEMPLATE = { 'Fn::Join': ['', ['arn:', { Ref: 'AWS::Partition' }, ':acm-pca:::template/EndEntityClientAuthCertificate/V1']] };
+const onlyTemplate = (template: unknown) => ({ StringEquals: { 'acm-pca:TemplateArn': template } });
 
 function vendStatements(context: Record<string, unknown>) {
   const { template } = synth(context);
@@ -91,13 +97,9 @@ describe('vend function IAM', () => {
     assert.deepEqual(statements, {
       WriteOwnLogs: allow(['logs:CreateLogStream', 'logs:PutLogEvents'], [`\${${logGroup}.Arn}`]),
       ReadWriteDeviceRecords: allow(['dynamodb:GetItem', 'dynamodb:UpdateItem'], [`\${${table}.Arn}`]),
-      IssueWithPrivateCa: allow(
-        [
-          'acm-pca:DescribeCertificateAuthority',
-          'acm-pca:GetCertificate',
-          'acm-pca:IssueCertificate',
-          'acm-pca:RevokeCertificate',
-        ],
+      IssueWithEndEntityTemplate: allow(['acm-pca:IssueCertificate'], [PCA_ARN], onlyTemplate(DEFAULT_TEMPLATE)),
+      UsePrivateCa: allow(
+        ['acm-pca:DescribeCertificateAuthority', 'acm-pca:GetCertificate', 'acm-pca:RevokeCertificate'],
         [PCA_ARN],
       ),
       RegisterPrivateCaCertificate: allow(['iot:RegisterCertificateWithoutCA'], ['*']),
@@ -107,10 +109,31 @@ describe('vend function IAM', () => {
     });
   });
 
-  it('signs with the created Private CA when createPrivateCa=true', () => {
+  it('issues only with the configured end-entity template (fine-grained match)', () => {
+    const configured = 'arn:aws:acm-pca:::template/EndEntityCertificate/V1';
+    synth({ ...CONFIGS.acmPca, pcaTemplateArn: configured }).template.hasResourceProperties('AWS::IAM::Policy', {
+      PolicyDocument: {
+        Statement: Match.arrayWith([
+          Match.objectLike({
+            Sid: 'IssueWithEndEntityTemplate',
+            Action: 'acm-pca:IssueCertificate',
+            Resource: PCA_ARN,
+            Condition: { StringEquals: { 'acm-pca:TemplateArn': configured } },
+          }),
+        ]),
+      },
+    });
+  });
+
+  it('signs with the created Private CA when createPrivateCa=true, without DescribeCertificateAuthority', () => {
     const { template, statements } = vendStatements(CONFIGS.createdCa);
     const ca = onlyLogicalId(template, 'AWS::ACMPCA::CertificateAuthority');
-    assert.deepEqual(statements.IssueWithPrivateCa?.resources, [`\${${ca}.Arn}`]);
+    assert.deepEqual(statements.IssueWithEndEntityTemplate?.resources, [`\${${ca}.Arn}`]);
+    // The signing algorithm is passed in the environment: no start-up lookup, no permission for it.
+    assert.deepEqual(
+      statements.UsePrivateCa,
+      allow(['acm-pca:GetCertificate', 'acm-pca:RevokeCertificate'], [`\${${ca}.Arn}`]),
+    );
   });
 
   it('drops iot:DescribeEndpoint when both endpoints are configured', () => {
@@ -129,13 +152,12 @@ describe('vend function IAM', () => {
     const { statements } = vendStatements({ ...CONFIGS.acmPca, pcaRegisteredWithIot: 'true' });
     assert.deepEqual(statements.RegisterPrivateCaCertificate, allow(['iot:RegisterCertificate'], ['*']));
     assert.deepEqual(
-      statements.IssueWithPrivateCa,
+      statements.UsePrivateCa,
       allow(
         [
           'acm-pca:DescribeCertificateAuthority',
           'acm-pca:GetCertificate',
           'acm-pca:GetCertificateAuthorityCertificate',
-          'acm-pca:IssueCertificate',
           'acm-pca:RevokeCertificate',
         ],
         [PCA_ARN],
@@ -145,16 +167,20 @@ describe('vend function IAM', () => {
 });
 
 describe('certificate provider IAM', () => {
-  it('grants only the three Private CA calls, on the CA', () => {
+  it('grants only the three Private CA calls, on the CA, issuing with the end-entity template only', () => {
     const { template, statements } = providerStatements(CONFIGS.provider);
     const logGroup = onlyLogicalId(template, 'AWS::Logs::LogGroup', 'CertificateProviderLogGroup');
     assert.deepEqual(statements, {
       WriteOwnLogs: allow(['logs:CreateLogStream', 'logs:PutLogEvents'], [`\${${logGroup}.Arn}`]),
-      SignWithPrivateCa: allow(
-        ['acm-pca:DescribeCertificateAuthority', 'acm-pca:GetCertificate', 'acm-pca:IssueCertificate'],
-        [PCA_ARN],
-      ),
+      IssueWithEndEntityTemplate: allow(['acm-pca:IssueCertificate'], [PCA_ARN], onlyTemplate(DEFAULT_TEMPLATE)),
+      ReadIssuedCertificates: allow(['acm-pca:DescribeCertificateAuthority', 'acm-pca:GetCertificate'], [PCA_ARN]),
     });
+  });
+
+  it('drops DescribeCertificateAuthority for a created CA, whose signing algorithm it is told', () => {
+    const { template, statements } = providerStatements(CONFIGS.createdCa);
+    const ca = onlyLogicalId(template, 'AWS::ACMPCA::CertificateAuthority');
+    assert.deepEqual(statements.ReadIssuedCertificates, allow(['acm-pca:GetCertificate'], [`\${${ca}.Arn}`]));
   });
 
   it('lets only AWS IoT invoke it, as this account’s certificate provider', () => {
@@ -204,6 +230,62 @@ describe('every IAM policy of every configuration', () => {
       }
     });
   }
+});
+
+describe('fleet provisioning IAM', () => {
+  const { template } = synth(CONFIGS.fleet);
+  const table = onlyLogicalId(template, 'AWS::DynamoDB::Table');
+
+  it('grants the pre-provisioning hook the device table and reading/deactivating certificates, nothing else', () => {
+    const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'FleetProvisioningHookFunction');
+    const logGroup = onlyLogicalId(template, 'AWS::Logs::LogGroup', 'FleetProvisioningHookLogGroup');
+    assert.deepEqual(bySid(statementsOfRole(template, roleOf(template, fn))), {
+      WriteOwnLogs: allow(['logs:CreateLogStream', 'logs:PutLogEvents'], [`\${${logGroup}.Arn}`]),
+      ReadWriteDeviceRecords: allow(['dynamodb:GetItem', 'dynamodb:UpdateItem'], [`\${${table}.Arn}`]),
+      DeactivateReplacedCertificates: allow(['iot:DescribeCertificate', 'iot:UpdateCertificate'], [ARN.iot('cert/*')]),
+    });
+  });
+
+  it('lets only AWS IoT invoke the hook, for this account’s template', () => {
+    const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'FleetProvisioningHookFunction');
+    const permissions = Object.values(
+      template.findResources('AWS::Lambda::Permission', { Properties: { FunctionName: { 'Fn::GetAtt': [fn, 'Arn'] } } }),
+    );
+    assert.equal(permissions.length, 1, 'exactly one resource policy statement on the hook');
+    const props = permissions[0].Properties;
+    assert.equal(props.Principal, 'iot.amazonaws.com');
+    assert.equal(props.Action, 'lambda:InvokeFunction');
+    assert.equal(flatten(props.SourceArn), ARN.iot('provisioningtemplate/cvm-fleet-provisioning'));
+    assert.deepEqual(props.SourceAccount, { Ref: 'AWS::AccountId' });
+  });
+
+  it('gives the provisioning role exactly what the template does, no managed policy', () => {
+    const role = onlyLogicalId(template, 'AWS::IAM::Role', 'FleetProvisioningProvisioningRole');
+    const props = template.toJSON().Resources[role].Properties;
+    assert.equal(props.ManagedPolicyArns, undefined);
+    assert.deepEqual(bySid(statementsOfRole(template, role)), {
+      ProvisionThings: allow(['iot:CreateThing', 'iot:DescribeThing', 'iot:UpdateThing'], [ARN.iot('thing/*')]),
+      ActivateAndAttachCertificates: allow(
+        [
+          'iot:AttachPolicy',
+          'iot:AttachPrincipalPolicy',
+          'iot:AttachThingPrincipal',
+          'iot:DescribeCertificate',
+          'iot:UpdateCertificate',
+        ],
+        [ARN.iot('cert/*')],
+      ),
+      ReadPolicies: allow(['iot:GetPolicy'], [ARN.iot('policy/*')]),
+    });
+  });
+
+  it('lets only AWS IoT of this account assume the provisioning role', () => {
+    const role = onlyLogicalId(template, 'AWS::IAM::Role', 'FleetProvisioningProvisioningRole');
+    const [statement] = template.toJSON().Resources[role].Properties.AssumeRolePolicyDocument.Statement;
+    assert.deepEqual(statement.Principal, { Service: 'iot.amazonaws.com' });
+    assert.deepEqual(statement.Condition.StringEquals, { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } });
+    assert.equal(flatten(statement.Condition.ArnLike['aws:SourceArn']), ARN.iot('*'));
+  });
 });
 
 /** Identity policies (roles, policies, managed policies) plus the AWS IoT device policy. */

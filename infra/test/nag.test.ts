@@ -21,8 +21,11 @@ describe('AWS Solutions checks (cdk-nag)', () => {
   const everything = {
     issuerMode: 'acm-pca',
     createPrivateCa: 'true',
+    crl: 'true',
     pcaRegisteredWithIot: 'true',
     certificateProvider: 'true',
+    fleetProvisioning: 'true',
+    deviceDefenderAudit: 'true',
     ...CONFIGS.customDomain,
     alarmTopicArn: 'arn:aws:sns:eu-west-1:123456789012:cvm-ops',
     deviceRoleManagedPolicyArns: 'arn:aws:iam::aws:policy/AWSIoTDataAccess',
@@ -55,6 +58,23 @@ describe('AWS Solutions checks (cdk-nag)', () => {
       ],
     );
     assert.ok(wildcards.every((a) => a.resource.startsWith('VendRoleDefaultPolicy')));
+  });
+
+  it('acknowledges the fleet-provisioning wildcards on the hook and the provisioning role, resource by resource', () => {
+    const wildcards = acknowledgements(CONFIGS.fleet).filter((a) => a.id === 'AwsSolutions-IAM5');
+    const on = (prefix: string) =>
+      wildcards.filter((a) => a.resource.startsWith(prefix)).map((a) => a.applies_to?.[0].replace(/^.*:/, ''));
+    assert.deepEqual(on('FleetProvisioningHookRoleDefaultPolicy'), ['cert/*']);
+    assert.deepEqual(on('FleetProvisioningProvisioningRoleDefaultPolicy'), ['thing/*', 'cert/*', 'policy/*']);
+    assert.equal(wildcards.length, 3 + 1 + 3, 'vend, hook and provisioning role, nothing else');
+  });
+
+  it('acknowledges the audit role\'s managed policy by name only', () => {
+    const managed = acknowledgements(CONFIGS.audit).filter((a) => a.id === 'AwsSolutions-IAM4');
+    assert.deepEqual(
+      managed.map((a) => a.applies_to),
+      [['Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSIoTDeviceDefenderAudit']],
+    );
   });
 
   it('names the actual "*" actions in the reason of each configuration', () => {

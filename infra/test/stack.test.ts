@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { Match } from 'aws-cdk-lib/assertions';
-import { ACCESS_LOG_FIELDS } from '../lib/vending-api';
-import { ARN, CONFIGS, flatten, onlyLogicalId, synth } from './helpers';
+import { ACCESS_LOG_FIELDS, ROUTE_PATHS } from '../lib/vending-api';
+import { ARN, CONFIGS, flatten, onlyLogicalId, synth, TEST_STAGE } from './helpers';
 
 describe('device table', () => {
   const { template } = synth(CONFIGS.default);
@@ -30,7 +30,7 @@ describe('vend function', () => {
   const table = onlyLogicalId(template, 'AWS::DynamoDB::Table');
   const logGroup = onlyLogicalId(template, 'AWS::Logs::LogGroup', 'VendLogGroup');
 
-  it('runs the Rust binary on provided.al2023, arm64, 256 MB, 10 s, JSON logs at INFO', () => {
+  it('runs the Rust binary on provided.al2023, arm64, 256 MB, 10 s, JSON logs and system logs at INFO', () => {
     template.hasResourceProperties('AWS::Lambda::Function', {
       Runtime: 'provided.al2023',
       Handler: 'bootstrap',
@@ -38,7 +38,8 @@ describe('vend function', () => {
       MemorySize: 256,
       Timeout: 10,
       ReservedConcurrentExecutions: 10,
-      LoggingConfig: { LogFormat: 'JSON', ApplicationLogLevel: 'INFO', LogGroup: { Ref: logGroup } },
+      // System logs at INFO keep the REPORT lines (duration, memory, init duration).
+      LoggingConfig: { LogFormat: 'JSON', ApplicationLogLevel: 'INFO', SystemLogLevel: 'INFO', LogGroup: { Ref: logGroup } },
     });
   });
 
@@ -54,8 +55,12 @@ describe('vend function', () => {
       CVM_TABLE_NAME: { Ref: table },
       CVM_ISSUER: 'iot',
       CVM_DEFAULT_POLICY_NAME: 'cvm-device-default',
-      CVM_MAX_FAILED_ATTEMPTS: '5',
+      CVM_LOCKOUT_FREE_ATTEMPTS: '5',
+      CVM_LOCKOUT_MAX_SECONDS: '900',
+      CVM_RENEWAL_GRACE_HOURS: '168',
+      CVM_RENEWAL_EXPIRED_GRACE_DAYS: '30',
       CVM_ROLE_ALIAS: 'cvm-device-role-alias',
+      CVM_STAGE: TEST_STAGE,
     });
   });
 
@@ -80,31 +85,35 @@ describe('vend function', () => {
 describe('vending API', () => {
   const { template } = synth(CONFIGS.default);
 
-  it('is an HTTP API with exactly one route: POST /v1/certificates', () => {
+  it('is an HTTP API with exactly three routes: vend, renewal and its confirmation', () => {
     template.resourceCountIs('AWS::ApiGatewayV2::Api', 1);
     template.hasResourceProperties('AWS::ApiGatewayV2::Api', { ProtocolType: 'HTTP' });
     const routes = Object.values(template.findResources('AWS::ApiGatewayV2::Route'));
-    assert.deepEqual(
-      routes.map((r) => r.Properties.RouteKey),
-      ['POST /v1/certificates'],
-    );
+    assert.deepEqual(routes.map((r) => r.Properties.RouteKey).sort(), [
+      'POST /v1/certificates',
+      'POST /v1/renewals',
+      'POST /v1/renewals/confirm',
+    ]);
+    assert.deepEqual([...ROUTE_PATHS], ['/v1/certificates', '/v1/renewals', '/v1/renewals/confirm']);
   });
 
-  it('proxies to the vend function with payload format 2.0', () => {
+  it('proxies every route to the vend function with payload format 2.0', () => {
     const fn = onlyLogicalId(template, 'AWS::Lambda::Function', 'VendFunction');
     template.resourceCountIs('AWS::ApiGatewayV2::Integration', 1);
+    const integration = onlyLogicalId(template, 'AWS::ApiGatewayV2::Integration');
     template.hasResourceProperties('AWS::ApiGatewayV2::Integration', {
       IntegrationType: 'AWS_PROXY',
       PayloadFormatVersion: '2.0',
       IntegrationUri: { 'Fn::GetAtt': [fn, 'Arn'] },
     });
-    template.hasResourceProperties('AWS::Lambda::Permission', {
-      Principal: 'apigateway.amazonaws.com',
-      FunctionName: { 'Fn::GetAtt': [fn, 'Arn'] },
-      SourceArn: Match.objectLike({
-        'Fn::Join': ['', Match.arrayWith([Match.stringLikeRegexp('/v1/certificates$')])],
-      }),
-    });
+    for (const route of Object.values(template.findResources('AWS::ApiGatewayV2::Route'))) {
+      assert.equal(flatten(route.Properties.Target), `integrations/\${${integration}}`);
+    }
+    // API Gateway may invoke the function for these three routes, each by its own source ARN.
+    const sources = Object.values(
+      template.findResources('AWS::Lambda::Permission', { Properties: { Principal: 'apigateway.amazonaws.com' } }),
+    ).map((p) => flatten(p.Properties.SourceArn).replace(/^.*\/\*\/\*/, ''));
+    assert.deepEqual(sources.sort(), ['/v1/certificates', '/v1/renewals', '/v1/renewals/confirm']);
   });
 
   it('throttles the default stage at 10 requests/s with a burst of 20', () => {
@@ -204,16 +213,24 @@ describe('AWS IoT device identity', () => {
     synth({ policyName: 'fleet-a' }).template.hasResourceProperties('AWS::IoT::Policy', { PolicyName: 'fleet-a' });
   });
 
-  it('creates a role alias for a role that trusts only the credentials provider and grants nothing', () => {
+  it('creates a role alias for a role that trusts only the credentials provider, for this alias, and grants nothing', () => {
     const role = template.toJSON().Resources[roleAlias].Properties.RoleArn['Fn::GetAtt'][0];
     template.hasResourceProperties('AWS::IoT::RoleAlias', {
       RoleAlias: 'cvm-device-role-alias',
       CredentialDurationSeconds: 3600,
     });
     const roleProps = template.toJSON().Resources[role].Properties;
-    assert.deepEqual(roleProps.AssumeRolePolicyDocument.Statement, [
-      { Action: 'sts:AssumeRole', Effect: 'Allow', Principal: { Service: 'credentials.iot.amazonaws.com' } },
-    ]);
+    const statements = roleProps.AssumeRolePolicyDocument.Statement;
+    assert.equal(statements.length, 1);
+    const [trust] = statements;
+    assert.deepEqual(
+      { ...trust, Condition: undefined },
+      { Action: 'sts:AssumeRole', Effect: 'Allow', Principal: { Service: 'credentials.iot.amazonaws.com' }, Condition: undefined },
+    );
+    // Confused-deputy protection: only on behalf of this account's role alias of that name.
+    assert.deepEqual(trust.Condition.StringEquals, { 'aws:SourceAccount': { Ref: 'AWS::AccountId' } });
+    assert.deepEqual(Object.keys(trust.Condition).sort(), ['ArnEquals', 'StringEquals']);
+    assert.equal(flatten(trust.Condition.ArnEquals['aws:SourceArn']), ARN.iot('rolealias/cvm-device-role-alias'));
     assert.equal(roleProps.ManagedPolicyArns, undefined);
     assert.equal(roleProps.Policies, undefined);
     const attached = template.findResources('AWS::IAM::Policy', { Properties: { Roles: [{ Ref: role }] } });
