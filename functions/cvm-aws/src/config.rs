@@ -280,6 +280,31 @@ pub fn renewal_policy(env: Env) -> Result<RenewalPolicy, ConfigError> {
     })
 }
 
+/// AWS's default quotas (calls per second per account and region) for the operations a vend
+/// makes, by the operation names the adapters report, from the AWS IoT Core and AWS Private CA
+/// service quotas pages. Operations not listed (DynamoDB on demand has no fixed rate) are
+/// paced at the most conservative of them.
+pub fn aws_quotas() -> cvm_core::pacing::Quotas {
+    cvm_core::pacing::Quotas::new(
+        [
+            ("iot:CreateCertificateFromCsr", 15.0),
+            ("iot:AttachPolicy", 15.0),
+            ("iot:DetachPolicy", 15.0),
+            ("iot:CreateThing", 100.0),
+            ("iot:AttachThingPrincipal", 100.0),
+            ("iot:DetachThingPrincipal", 100.0),
+            ("iot:RegisterCertificate", 10.0),
+            ("iot:RegisterCertificateWithoutCA", 10.0),
+            ("iot:UpdateCertificate", 10.0),
+            ("iot:DeleteCertificate", 10.0),
+            ("acm-pca:IssueCertificate", 25.0),
+            ("acm-pca:GetCertificate", 75.0),
+            ("acm-pca:RevokeCertificate", 25.0),
+        ],
+        10.0,
+    )
+}
+
 /// `CVM_STAGE`: the deployment's stage, a dimension of every metric (default `default`).
 pub fn stage(env: Env) -> Result<String, ConfigError> {
     let stage = env("CVM_STAGE")
@@ -414,8 +439,7 @@ mod tests {
         assert_eq!(p.pca.validity_days, 365);
         assert_eq!(p.pca.signing_algorithm, None);
         assert_eq!(
-            p.pca.template_arn,
-            "arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1",
+            p.pca.template_arn, "arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1",
             "the client-authentication template by default"
         );
         assert!(!p.registered_with_iot);
@@ -491,10 +515,7 @@ mod tests {
                 &[BASE[0], BASE[1], ("CVM_RENEWAL_GRACE_HOURS", "0")],
                 "CVM_RENEWAL_GRACE_HOURS",
             ),
-            (
-                &[BASE[0], BASE[1], ("CVM_STAGE", "no spaces")],
-                "CVM_STAGE",
-            ),
+            (&[BASE[0], BASE[1], ("CVM_STAGE", "no spaces")], "CVM_STAGE"),
             (
                 &[
                     BASE[0],

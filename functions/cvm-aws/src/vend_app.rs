@@ -137,6 +137,7 @@ pub async fn build_vend_api(
         ca_certificates: settings.ca_certificates,
         role_alias: settings.role_alias,
         renewal: settings.renewal,
+        quotas: crate::config::aws_quotas(),
     };
     let vendor = Vendor::new(
         DynamoStore::new(dynamodb, settings.table_name),

@@ -16,6 +16,7 @@ pub mod emf;
 pub mod fleet;
 pub mod lifecycle;
 pub mod lockout;
+pub mod pacing;
 pub mod ports;
 pub mod provider;
 pub mod record;

@@ -92,6 +92,10 @@ fn secs(d: Duration) -> i64 {
 impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
     #[tracing::instrument(name = "renew", skip_all, fields(serial = %request.serial, key = %request.csr.fingerprint()))]
     pub async fn renew(&self, request: &RenewRequest) -> Result<RenewOutcome, VendError> {
+        self.renew_once(request).await.map_err(|e| self.paced(e))
+    }
+
+    async fn renew_once(&self, request: &RenewRequest) -> Result<RenewOutcome, VendError> {
         let now = self.now().unix_timestamp();
         let record = self
             .store
@@ -365,6 +369,10 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
         &self,
         request: &ConfirmRequest,
     ) -> Result<ConfirmOutcome, VendError> {
+        self.confirm_once(request).await.map_err(|e| self.paced(e))
+    }
+
+    async fn confirm_once(&self, request: &ConfirmRequest) -> Result<ConfirmOutcome, VendError> {
         let record = self
             .store
             .get(&request.serial)

@@ -67,6 +67,9 @@ pub struct VendConfig {
     pub role_alias: Option<String>,
     /// How renewals wait for proof, and how late they may come.
     pub renewal: crate::renew::RenewalPolicy,
+    /// AWS's rates per operation: a request refused because AWS throttled one is told to
+    /// come back when the quota has room for it.
+    pub quotas: crate::pacing::Quotas,
 }
 
 impl VendConfig {
@@ -186,6 +189,7 @@ pub struct Vendor<S, I, R> {
     pub(crate) registry: R,
     pub(crate) config: VendConfig,
     pub(crate) clock: Clock,
+    pacer: crate::pacing::Pacer,
 }
 
 impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
@@ -201,11 +205,28 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
 
     pub fn with_clock(store: S, issuer: I, registry: R, config: VendConfig, clock: Clock) -> Self {
         Self {
+            pacer: crate::pacing::Pacer::new(config.quotas.clone()),
             store,
             issuer,
             registry,
             config,
             clock,
+        }
+    }
+
+    /// A throttling refusal's Retry-After from the throttled operation's quota.
+    pub(crate) fn paced(&self, error: VendError) -> VendError {
+        match error {
+            VendError::Unavailable { source, .. } if source.kind == FailureKind::Throttled => {
+                let retry_after = self
+                    .pacer
+                    .retry_after(source.operation, std::time::Instant::now());
+                VendError::Unavailable {
+                    retry_after,
+                    source,
+                }
+            }
+            other => other,
         }
     }
 
@@ -223,6 +244,10 @@ impl<S: DeviceStore, I: CertificateIssuer, R: ThingRegistry> Vendor<S, I, R> {
 
     #[tracing::instrument(name = "vend", skip_all, fields(serial = %request.serial, key = %request.csr.fingerprint()))]
     pub async fn vend(&self, request: &VendRequest) -> Result<VendOutcome, VendError> {
+        self.vend_once(request).await.map_err(|e| self.paced(e))
+    }
+
+    async fn vend_once(&self, request: &VendRequest) -> Result<VendOutcome, VendError> {
         let serial = &request.serial;
         let now = self.now().unix_timestamp();
         let claim = Claim {

@@ -122,15 +122,23 @@ async fn each_bad_input_has_its_own_code() {
 }
 
 #[tokio::test]
-async fn upstream_throttling_is_503_with_retry_after() {
+async fn upstream_throttling_is_503_with_a_retry_after_from_the_quota() {
     let (app, iot) = app().await;
-    iot.faults
-        .fail_next("issuer.issue", cvm_core::ports::FailureKind::Throttled);
     let body = serde_json::json!({"serial": "SN-100", "token": TOKEN, "csr": csr("SN-100").0});
-    let (s, bytes, retry_after) = call(&app, "POST", "/v1/certificates", body.to_string()).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(String::from_utf8_lossy(&bytes).contains("service_busy"));
-    assert_eq!(retry_after.as_deref(), Some("2"));
+    // The fakes' operations are paced at 10 per second: a burst of twelve throttled requests
+    // is told to come back spread over two seconds, not all at once.
+    let mut waits = Vec::new();
+    for _ in 0..12 {
+        iot.faults
+            .fail_next("issuer.issue", cvm_core::ports::FailureKind::Throttled);
+        let (s, bytes, retry_after) =
+            call(&app, "POST", "/v1/certificates", body.to_string()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(String::from_utf8_lossy(&bytes).contains("service_busy"));
+        waits.push(retry_after.unwrap());
+    }
+    assert_eq!(waits.iter().filter(|w| *w == "1").count(), 10, "{waits:?}");
+    assert_eq!(waits.iter().filter(|w| *w == "2").count(), 2, "{waits:?}");
     let (s, _, _) = call(&app, "POST", "/v1/certificates", body.to_string()).await;
     assert_eq!(
         s,

@@ -45,6 +45,7 @@ async fn sample_event_vends_a_certificate() {
         ca_certificates: vec![iot.ca_pem.clone()],
         role_alias: None,
         renewal: cvm_core::renew::RenewalPolicy::default(),
+        quotas: cvm_core::pacing::Quotas::default(),
     };
     let app = router(Arc::new(Api {
         vendor: Vendor::new(store, iot.clone(), iot.clone(), config),

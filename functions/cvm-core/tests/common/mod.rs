@@ -36,6 +36,7 @@ pub fn config() -> VendConfig {
         ca_certificates: vec!["CA".into()],
         role_alias: None,
         renewal: RenewalPolicy::default(),
+        quotas: cvm_core::pacing::Quotas::default(),
     }
 }
 

@@ -41,6 +41,7 @@ pub async fn app() -> (axum::Router, FakeIot) {
         ca_certificates: vec![iot.ca_pem.clone()],
         role_alias: Some("cvm-role-alias".into()),
         renewal: cvm_core::renew::RenewalPolicy::default(),
+        quotas: cvm_core::pacing::Quotas::default(),
     };
     let vendor = Vendor::new(store, iot.clone(), iot.clone(), config);
     (
