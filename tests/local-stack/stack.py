@@ -1,5 +1,5 @@
-"""The local stack's launcher: a local PKI, moto's server with one documented fix, and the
-resources the vend service expects (table, default policy).
+"""The local stack's launcher: a local PKI, moto's server with the documented fixes below, and
+the resources the vend service expects (table, default policy).
 
 Subcommands:
   pki DIR                  create (once) the local device CA and the API's TLS certificate
@@ -10,16 +10,29 @@ Subcommands:
                            create and activate a root AWS Private CA (ACM-PCA), write its
                            certificate to FILE and print its ARN (idempotent per moto run)
 
-Why the fix: moto's CreateCertificateFromCsr copies the CSR's subject but certifies a fresh
+The main fix: moto's CreateCertificateFromCsr copies the CSR's subject but certifies a fresh
 RSA key of its own, so the certificate does not carry the device's key. AWS IoT certifies the
 CSR's key. The vend service checks that the certificate it got carries the CSR's key (and
 refuses to deliver one that does not), so against unpatched moto every vend would fail, as it
 should. We patch the emulator, never the check: `create_certificate_from_csr` below verifies
 the CSR's self-signature and signs the CSR's public key with a stable local CA, whose
-certificate the vend service returns in `caCertificates`.
+certificate the vend service returns in `caCertificates`. A CSR that is not PEM PKCS#10 or
+whose signature does not verify gets AWS's 400 InvalidRequestException.
 
 The other fixes, each where moto is less strict or less complete than AWS in a way the
 product depends on (again the emulator is patched, never the product's checks):
+- IoT CreateCertificateFromCsr reads its setAsActive flag, a query parameter, as the string
+  moto received, so "false" (a non-empty string) made every certificate ACTIVE and the
+  product's "inactive until the table knows it" step was never exercised. AWS creates the
+  certificate ACTIVE only for setAsActive=true and INACTIVE otherwise (absent means false);
+  the patch parses the flag the same way and refuses a value that is not a boolean
+  (InvalidRequestException).
+- ACM-PCA IssueCertificate knows only the RootCACertificate/V1 and EndEntityCertificate/V1
+  templates and gives a certificate with no extensions at all for any other, so a
+  certificate from EndEntityClientAuthCertificate/V1 (the vend's default) has no extended key
+  usage and the product rightly refuses it. AWS's EndEntityClientAuthCertificate/V1 and
+  EndEntityServerAuthCertificate/V1 are EndEntityCertificate/V1 with only clientAuth or only
+  serverAuth as extended key usage; the patch issues exactly that.
 - ACM-PCA IssueCertificate ignores IdempotencyToken, so a retried call issues a second
   certificate. AWS Private CA issues one certificate for all calls with the same token within
   five minutes; the patch does the same (per CA, token -> certificate ARN, five minutes).
@@ -130,7 +143,9 @@ def pki(directory):
 
 def _patch_moto(pki_dir):
     from moto.core.config import default_user_config
+    from moto.core.responses import ActionResult
     from moto.iot import models as iot_models
+    from moto.iot.responses import IoTResponse
 
     # Certificate ids as AWS computes them: SHA-256 of the DER certificate.
     default_user_config.setdefault("iot", {})["use_valid_cert"] = True
@@ -141,7 +156,11 @@ def _patch_moto(pki_dir):
         ca_key = serialization.load_pem_private_key(f.read(), password=None)
 
     def create_certificate_from_csr(self, csr, set_as_active):
-        request = x509.load_pem_x509_csr(csr.encode("utf-8"))
+        try:
+            request = x509.load_pem_x509_csr(csr.encode("utf-8"))
+        except ValueError:
+            # AWS answers 400 InvalidRequestException, not a server error.
+            raise iot_models.InvalidRequestException("The certificate signing request is not valid")
         if not request.is_signature_valid:
             raise iot_models.InvalidRequestException("The certificate signing request is not valid")
         now = datetime.datetime.now(datetime.timezone.utc)
@@ -162,9 +181,52 @@ def _patch_moto(pki_dir):
         return self.register_certificate(pem, ca_certificate_pem=None,
                                          set_as_active=set_as_active, status="INACTIVE")
 
+    def create_certificate_from_csr_response(self):
+        # setAsActive travels in the query string, where moto reads "false" as a (truthy)
+        # string. Parse it as the boolean it is; absent means false, as in AWS.
+        flag = self._get_param("setAsActive")
+        if flag is None:
+            set_as_active = False
+        elif str(flag).lower() in ("true", "false"):
+            set_as_active = str(flag).lower() == "true"
+        else:
+            raise iot_models.InvalidRequestException(f"setAsActive must be true or false, not {flag!r}")
+        cert = self.iot_backend.create_certificate_from_csr(
+            self._get_param("certificateSigningRequest"), set_as_active=set_as_active)
+        return ActionResult({"certificateId": cert.certificate_id, "certificateArn": cert.arn,
+                             "certificatePem": cert.certificate_pem})
+
     iot_models.IoTBackend.create_certificate_from_csr = create_certificate_from_csr
+    IoTResponse.create_certificate_from_csr = create_certificate_from_csr_response
     _patch_ca_registration()
     _patch_pca_idempotency()
+    _patch_pca_templates()
+
+
+# AWS Private CA's single-purpose end-entity templates: EndEntityCertificate/V1's extensions
+# with only the one extended key usage.
+PCA_SINGLE_PURPOSE_TEMPLATES = {
+    "EndEntityClientAuthCertificate/V1": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "EndEntityServerAuthCertificate/V1": ExtendedKeyUsageOID.SERVER_AUTH,
+}
+
+
+def _patch_pca_templates():
+    from moto.acmpca import models as pca_models
+
+    original = pca_models.CertificateAuthority._x509_extensions
+
+    def x509_extensions(self, csr, template_arn):
+        name = (template_arn or "").split(":template/", 1)[-1]
+        usage = PCA_SINGLE_PURPOSE_TEMPLATES.get(name)
+        if usage is None:
+            return original(self, csr, template_arn)
+        end_entity = original(self, csr, "arn:aws:acm-pca:::template/EndEntityCertificate/V1")
+        return [(x509.ExtendedKeyUsage([usage]), critical)
+                if isinstance(ext, x509.ExtendedKeyUsage) else (ext, critical)
+                for ext, critical in end_entity]
+
+    pca_models.CertificateAuthority._x509_extensions = x509_extensions
 
 
 # AWS Private CA keeps an IssueCertificate idempotency token for five minutes.

@@ -182,3 +182,130 @@ pub async fn certificates_for(iot: &aws_sdk_iot::Client, cn: &str) -> Vec<(Strin
         }
     }
 }
+
+/// A free port on 127.0.0.1 (released before use: a test spawns its server on it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A vend service (`vend-local`, the binary `make up` builds) started by a test, with the
+/// environment `up.sh` gives it but its own AWS endpoint (e.g. a fault proxy) and port.
+/// Killed when dropped.
+pub struct VendService {
+    child: std::process::Child,
+    pub api: Api,
+    pub log: PathBuf,
+}
+
+impl Drop for VendService {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `vend-local` next to `cvm-admin` (both built by `make up`), or `CVM_VEND_LOCAL`.
+fn vend_local_binary() -> PathBuf {
+    std::env::var("CVM_VEND_LOCAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&env("CVM_ADMIN")).with_file_name("vend-local"))
+}
+
+impl VendService {
+    /// `mode` is `iot` or `acm-pca`; `extra_env` is added last (and wins). A service that
+    /// exits while starting (its free port taken meanwhile) is started again on another.
+    pub async fn spawn(
+        mode: &'static str,
+        aws_endpoint: &str,
+        log: PathBuf,
+        extra_env: &[(&str, &str)],
+    ) -> VendService {
+        let pki = PathBuf::from(env("CVM_API_CA"))
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let device_ca: PathBuf = match mode {
+            "iot" => env("CVM_DEVICE_CA").into(),
+            "acm-pca" => env("CVM_PCA_CA_CERT").into(),
+            other => panic!("unknown vend mode {other}"),
+        };
+        let mut last_exit = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let mut command = Command::new(vend_local_binary());
+            command
+                .env("AWS_ENDPOINT_URL", aws_endpoint)
+                .env("CVM_TABLE_NAME", env("CVM_TABLE_NAME"))
+                .env("CVM_DEFAULT_POLICY_NAME", env("CVM_DEFAULT_POLICY_NAME"))
+                .env("CVM_CA_CERTIFICATES_FILE", &device_ca)
+                .env("CVM_ROLE_ALIAS", "cvm-device-role-alias")
+                .env("CVM_LOCAL_LISTEN", format!("127.0.0.1:{port}"))
+                .env("CVM_LOCAL_TLS_CERT", pki.join("api-server.pem"))
+                .env("CVM_LOCAL_TLS_KEY", pki.join("api-server.key"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap());
+            if mode == "acm-pca" {
+                command
+                    .env("CVM_ISSUER", "acm-pca")
+                    .env("CVM_PCA_ARN", env("CVM_PCA_ARN"));
+            }
+            for (k, v) in extra_env {
+                command.env(k, v);
+            }
+            let child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e} (run make up)", vend_local_binary().display()));
+            let mut service = VendService {
+                child,
+                api: Api {
+                    mode,
+                    url: format!("https://127.0.0.1:{port}"),
+                    device_ca: device_ca.clone(),
+                },
+                log: log.clone(),
+            };
+            match service.wait_ready().await {
+                Ok(()) => return service,
+                Err(exit) => last_exit = exit,
+            }
+        }
+        panic!("vend-local did not start: {last_exit}");
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let client = http();
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!(
+                    "exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                ));
+            }
+            if client
+                .get(format!("{}/v1/certificates", self.api.url))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("vend-local did not come up on {}", self.api.url);
+    }
+
+    /// The service's log lines at WARN or above (JSON lines from tracing).
+    pub fn warnings(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+            .map(str::to_owned)
+            .collect()
+    }
+}

@@ -5,4 +5,6 @@
 mod helpers;
 
 mod contract;
-mod faults;
+mod emulator;
+mod fault_matrix;
+mod proxy;
