@@ -3,7 +3,8 @@
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LOCAL="$ROOT/.local"
-for name in vend-pca vend moto; do
+# The broker first (its plugin talks to the stand-in), moto last (everything else calls it).
+for name in mosquitto fleet vend-pca vend moto; do
   pidfile="$LOCAL/$name.pid"
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")
@@ -15,4 +16,4 @@ for name in vend-pca vend moto; do
   fi
   rm -f "$pidfile"
 done
-rm -f "$LOCAL/env"
+rm -f "$LOCAL/env" "$LOCAL/mqtt/standin.sock"

@@ -10,6 +10,11 @@ mkdir -p "$LOCAL"
 need_apt=()
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+# The local MQTT broker, its command-line clients, and what its plugin
+# (tests/local-stack/fleet/plugin) is built with.
+for pkg in mosquitto mosquitto-clients mosquitto-dev libmosquitto-dev libssl-dev gcc; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Starts the local stack: moto's server (patched, see stack.py), an AWS Private CA in it, and
-# the vend service over HTTPS twice, in `iot` mode (Amazon's CA, emulated) and in `acm-pca`
-# mode (the Private CA), all on 127.0.0.1, and writes .local/env. `down.sh` stops exactly
-# these processes.
+# Starts the local stack: moto's server (patched, see stack.py), an AWS Private CA in it, the
+# vend service over HTTPS twice, in `iot` mode (Amazon's CA, emulated) and in `acm-pca` mode
+# (the Private CA), and the fleet-provisioning part: Mosquitto with mutual TLS and the AWS IoT
+# stand-in (fleet/fleet.py, README.md), all on 127.0.0.1, and writes .local/env. `down.sh`
+# stops exactly these processes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 LOCAL="$ROOT/.local"
@@ -11,20 +12,27 @@ STACK="$ROOT/tests/local-stack/stack.py"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if alive "$LOCAL/moto.pid" && alive "$LOCAL/vend.pid" && alive "$LOCAL/vend-pca.pid"; then
+if alive "$LOCAL/moto.pid" && alive "$LOCAL/vend.pid" && alive "$LOCAL/vend-pca.pid" \
+  && alive "$LOCAL/fleet.pid" && alive "$LOCAL/mosquitto.pid"; then
   echo "local stack already up (see .local/env)"; exit 0
 fi
 "$ROOT/tests/local-stack/down.sh" >/dev/null 2>&1 || true
 
 "$ROOT/tests/local-stack/install.sh"
-echo "building the service, cvm-admin, cvm-device and the certificate provider..."
-(cd "$ROOT" && cargo build --quiet -p vend-local -p cvm-admin -p cvm-device -p cert-provider)
+echo "building the service, cvm-admin, cvm-device, the certificate provider and the hook..."
+CRATES=(-p vend-local -p cvm-admin -p cvm-device -p cert-provider)
+# The pre-provisioning hook, once its crate exists; until then RegisterThing answers as AWS IoT
+# does for a hook that cannot run (rejected, AccessDenied).
+if [ -f "$ROOT/functions/provisioning-hook/Cargo.toml" ]; then CRATES+=(-p provisioning-hook); fi
+(cd "$ROOT" && cargo build --quiet "${CRATES[@]}")
 
 "$PY" "$STACK" pki "$LOCAL/pki"
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MOTO_PORT=$(free_port)
 API_PORT=$(free_port)
 PCA_API_PORT=$(free_port)
+MQTT_PORT=$(free_port)
+MQTT_ALPN_PORT=$(free_port)
 
 wait_for() { # description, command...
   local what=$1; shift
@@ -63,6 +71,32 @@ CVM_LOCAL_TLS_CERT="$LOCAL/pki/api-server.pem" CVM_LOCAL_TLS_KEY="$LOCAL/pki/api
 echo $! >"$LOCAL/vend-pca.pid"
 wait_for "the vend service (acm-pca)" curl -s --cacert "$LOCAL/pki/api-ca.pem" -o /dev/null "https://127.0.0.1:$PCA_API_PORT/v1/certificates"
 
+# Fleet provisioning by claim: the broker plugin (compiled here), the claim certificate and its
+# policy in the emulator, the AWS IoT stand-in (the real provider and hook bootstraps run behind
+# its Lambda Runtime API), then Mosquitto on a mutual-TLS listener.
+FLEET="$ROOT/tests/local-stack/fleet/fleet.py"
+FLEET_TEMPLATE=cvm-fleet
+PLUGIN_SRC="$ROOT/tests/local-stack/fleet/plugin/cvm_iot_bridge.c"
+PLUGIN="$LOCAL/mqtt/cvm_iot_bridge.so"
+mkdir -p -m 700 "$LOCAL/mqtt"
+if [ ! -f "$PLUGIN" ] || [ "$PLUGIN_SRC" -nt "$PLUGIN" ]; then
+  gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$PLUGIN" "$PLUGIN_SRC" -lcrypto
+fi
+"$PY" "$FLEET" prepare --local "$LOCAL" --mqtt-port "$MQTT_PORT" --alpn-port "$MQTT_ALPN_PORT" \
+  --plugin "$PLUGIN" --template-name "$FLEET_TEMPLATE" \
+  --template-body "$ROOT/infra/fleet-provisioning/template.json" \
+  --provider "$TARGET/cert-provider" --hook "$TARGET/provisioning-hook" --device-policy "$POLICY" \
+  --env "cert-provider:CVM_PCA_ARN=$PCA_ARN" \
+  --env "provisioning-hook:CVM_TABLE_NAME=$TABLE" --env "provisioning-hook:CVM_DEFAULT_POLICY_NAME=$POLICY" \
+  --env "provisioning-hook:CVM_STAGE=local"
+nohup "$PY" "$FLEET" serve --config "$LOCAL/mqtt/standin.json" >"$LOCAL/fleet.log" 2>&1 &
+echo $! >"$LOCAL/fleet.pid"
+wait_for "the fleet stand-in" "$PY" "$FLEET" wait --socket "$LOCAL/mqtt/standin.sock" --timeout 0.2
+MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
+nohup "$MOSQUITTO" -c "$LOCAL/mqtt/mosquitto.conf" >"$LOCAL/mosquitto.log" 2>&1 &
+echo $! >"$LOCAL/mosquitto.pid"
+wait_for "mosquitto" "$PY" "$FLEET" wait --port "$MQTT_PORT" --timeout 0.2
+
 cat >"$LOCAL/env" <<ENV
 AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL
 AWS_REGION=$AWS_REGION
@@ -80,5 +114,14 @@ CVM_PCA_ARN=$PCA_ARN
 CVM_PCA_CA_CERT=$PCA_CA_CERT
 CVM_PCA_API_URL=https://127.0.0.1:$PCA_API_PORT
 CVM_CERT_PROVIDER=$TARGET/cert-provider-local
+CVM_MQTT_HOST=127.0.0.1
+CVM_MQTT_PORT=$MQTT_PORT
+CVM_MQTT_ALPN_PORT=$MQTT_ALPN_PORT
+CVM_MQTT_CA=$LOCAL/pki/mqtt-ca.pem
+CVM_CLAIM_CERT=$LOCAL/pki/claim.pem
+CVM_CLAIM_KEY=$LOCAL/pki/claim.key
+CVM_CLAIM_POLICY=cvm-fleet-claim
+CVM_FLEET_TEMPLATE=$FLEET_TEMPLATE
+CVM_PROVISIONING_HOOK=$TARGET/provisioning-hook
 ENV
-echo "local stack up: API https://127.0.0.1:$API_PORT (iot), https://127.0.0.1:$PCA_API_PORT (acm-pca), AWS at $AWS_ENDPOINT_URL (settings in .local/env)"
+echo "local stack up: API https://127.0.0.1:$API_PORT (iot), https://127.0.0.1:$PCA_API_PORT (acm-pca), MQTT mTLS 127.0.0.1:$MQTT_PORT (ALPN $MQTT_ALPN_PORT), AWS at $AWS_ENDPOINT_URL (settings in .local/env)"

@@ -7,4 +7,5 @@ mod helpers;
 mod contract;
 mod emulator;
 mod fault_matrix;
+mod fleet_standin;
 mod proxy;
