@@ -8,6 +8,7 @@ use aws_sdk_acmpca::types::{
     RevocationReason, SigningAlgorithm as SdkSigningAlgorithm, Validity, ValidityPeriodType,
 };
 use aws_sdk_iot::types::CertificateStatus;
+use cvm_core::csr::certificate_id;
 use cvm_core::ports::{CertificateIssuer, FailureKind, NewCertificate, PortError};
 use cvm_core::provider::{
     await_certificate, certificate_serial_hex, check_certificate, AwaitError, Backoff, CaKeyType,
@@ -15,7 +16,6 @@ use cvm_core::provider::{
     Timer,
 };
 use cvm_core::record::CertificateRef;
-use cvm_core::csr::certificate_id;
 use cvm_core::Csr;
 
 use crate::config::PcaSettings;
@@ -715,9 +715,16 @@ mod tests {
             });
         let issuer = issuer(acmpca, vec![register]);
         let out = issuer.issue(&pki.csr).await.unwrap();
-        assert_eq!(out.certificate.id, certificate_id(&pki.certificate).unwrap());
+        assert_eq!(
+            out.certificate.id,
+            certificate_id(&pki.certificate).unwrap()
+        );
         assert_eq!(out.certificate.arn, arn);
-        assert_eq!(revoke.num_calls(), 0, "a registered certificate is not revoked");
+        assert_eq!(
+            revoke.num_calls(),
+            0,
+            "a registered certificate is not revoked"
+        );
     }
 
     #[tokio::test]
@@ -738,7 +745,11 @@ mod tests {
                 });
             let issuer = issuer(acmpca, vec![register.clone()]);
             let err = issuer.issue(&pki.csr).await.unwrap_err();
-            assert_eq!(err.code.as_deref(), Some("CertificateMismatch"), "{why}: {err}");
+            assert_eq!(
+                err.code.as_deref(),
+                Some("CertificateMismatch"),
+                "{why}: {err}"
+            );
             assert!(
                 format!("{:?}", err.source).contains(why),
                 "{why}: {:?}",
