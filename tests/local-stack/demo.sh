@@ -28,7 +28,7 @@ chmod 600 "$OUT/token"; rm -f "$OUT/.enroll.json"
 
 step "device: first boot enrollment (key made on the device, CSR signed there, HTTPS verified)"
 "$CVM_DEVICE" enroll --url "$CVM_API_URL" --serial "$SERIAL" --token-file "$OUT/token" \
-  --ca "$CVM_API_CA" --out "$OUT"
+  --ca "$CVM_API_CA" --out "$OUT" --key "file:$OUT/device.key"
 ls -l "$OUT"
 
 step "check: the certificate chains to the returned CA and carries the device's key"
@@ -63,7 +63,7 @@ PY
 
 step "device: re-running enrollment is safe"
 "$CVM_DEVICE" enroll --url "$CVM_API_URL" --serial "$SERIAL" --token-file "$OUT/token" \
-  --ca "$CVM_API_CA" --out "$OUT"
+  --ca "$CVM_API_CA" --out "$OUT" --key "file:$OUT/device.key"
 
 if [ -n "${CVM_PCA_ARN:-}" ] && [ -x tests/local-stack/demo-provider.sh ]; then
   step "fleet provisioning: the certificate provider signs with the Private CA"
