@@ -25,6 +25,10 @@ set -a; . .local/env; set +a
 section "rust: unit and integration tests"
 cargo test --workspace
 
+section "contract: the vend service against its OpenAPI document (schemathesis, both issuers)"
+tests/local-stack/schemathesis.sh "$CVM_API_URL"
+tests/local-stack/schemathesis.sh "$CVM_PCA_API_URL"
+
 if [ -f infra/package.json ]; then
   section "infra: CDK unit tests, cdk-nag, and one synth with real bundling"
   (cd infra && npm ci --no-audit --no-fund --loglevel=error && npm test)

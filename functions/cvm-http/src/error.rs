@@ -115,7 +115,9 @@ impl ApiError {
                 "a dependency is unavailable or throttling; retry after the given delay".into()
             }
             ApiError::Vend(e) => e.to_string(),
-            ApiError::NotFound => "no such resource; the API is POST /v1/certificates".into(),
+            ApiError::NotFound => {
+                "no such resource; the API is POST /v1/certificates, /v1/renewals and /v1/renewals/confirm".into()
+            }
             ApiError::MethodNotAllowed => "use POST".into(),
         }
     }

@@ -56,7 +56,17 @@ where
             post(confirm::<S, I, R>).fallback(method_not_allowed),
         )
         .fallback(|| async { ApiError::NotFound })
+        .layer(axum::middleware::map_response(no_store))
         .with_state(api)
+}
+
+/// Every answer, the 404 and 405 of the fallbacks included, is for its caller alone.
+async fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 /// The vend request body: exactly these fields; the device chooses nothing else. The token
@@ -130,7 +140,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     let bytes = to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| ApiError::RequestTooLarge)?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    let parsed = serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::InvalidJson
         } else {
@@ -140,7 +150,16 @@ async fn json_body<T: serde::de::DeserializeOwned>(
                 detail: e.to_string(),
             }
         }
-    })
+    })?;
+    // serde also reads a struct from a JSON array of its fields in declaration order
+    // (`["SN-1", "<token>", "<csr>"]`); the contract is an object with named fields only.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::InvalidRequest {
+            shape,
+            detail: "the body must be a JSON object".into(),
+        });
+    }
+    Ok(parsed)
 }
 
 fn serial(raw: &str) -> Result<Serial, ApiError> {
@@ -204,7 +223,7 @@ fn respond(
     result: Result<(StatusCode, &'static str, Delivery), ApiError>,
 ) -> Response {
     let throttled = matches!(&result, Err(e) if e.is_upstream_throttle());
-    let (outcome, mut response) = match result {
+    let (outcome, response) = match result {
         Ok((status, outcome, delivery)) => (
             outcome,
             (status, Json(VendResponse::from(delivery))).into_response(),
@@ -220,10 +239,6 @@ fn respond(
         "request"
     );
     metrics::record_request(metrics, operation, outcome, throttled, elapsed);
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
     response
 }
 
