@@ -310,11 +310,80 @@ async fn registers_a_file_ca_active_and_again_idempotently() {
         std::fs::read_to_string(&ca).unwrap().trim()
     );
 
+    // Again without flags: reported as it is, nothing changed.
     let again = registered(&admin(&args, false));
     assert_eq!(again["alreadyRegistered"], true);
     assert_eq!(again["certificateId"], first["certificateId"]);
     assert_eq!(again["status"], "ACTIVE");
-    assert_eq!(again["autoRegistrationStatus"], "DISABLE");
+    assert_eq!(again["autoRegistrationStatus"], "ENABLE");
+    assert_eq!(again["changed"], serde_json::json!([]));
+
+    // Changed only as asked, and only what differs.
+    let off = registered(&admin(
+        &[
+            &args[..],
+            &["--set-active", "false", "--auto-registration", "disable"],
+        ]
+        .concat(),
+        false,
+    ));
+    assert_eq!(off["status"], "INACTIVE");
+    assert_eq!(off["autoRegistrationStatus"], "DISABLE");
+    assert_eq!(
+        off["changed"],
+        serde_json::json!(["status", "autoRegistrationStatus"])
+    );
+    let d = iot
+        .describe_ca_certificate()
+        .certificate_id(id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.certificate_description()
+            .unwrap()
+            .status()
+            .unwrap()
+            .as_str(),
+        "INACTIVE"
+    );
+    let on = registered(&admin(
+        &[
+            &args[..],
+            &["--set-active", "true", "--auto-registration", "disable"],
+        ]
+        .concat(),
+        false,
+    ));
+    assert_eq!(on["status"], "ACTIVE");
+    assert_eq!(on["autoRegistrationStatus"], "DISABLE");
+    assert_eq!(on["changed"], serde_json::json!(["status"]));
+
+    // A bad value is a usage error.
+    let out = admin(&[&args[..], &["--set-active", "maybe"]].concat(), false);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn a_first_registration_can_be_inactive() {
+    env("AWS_ENDPOINT_URL");
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, key) = seed_style_ec_ca(dir.path(), &unique("Inactive CA"));
+    let out = registered(&admin(
+        &[
+            "register-ca",
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "--ca-key",
+            key.to_str().unwrap(),
+            "--set-active",
+            "false",
+        ],
+        false,
+    ));
+    assert_eq!(out["alreadyRegistered"], false);
+    assert_eq!(out["status"], "INACTIVE");
+    assert_eq!(out["autoRegistrationStatus"], "DISABLE");
 }
 
 #[tokio::test]
@@ -385,4 +454,5 @@ async fn registers_the_private_ca_with_a_verification_certificate_it_issued() {
     let again = registered(&admin(&["register-ca", "--pca-arn", &arn], false));
     assert_eq!(again["alreadyRegistered"], true);
     assert_eq!(again["status"], "ACTIVE");
+    assert_eq!(again["autoRegistrationStatus"], "ENABLE");
 }

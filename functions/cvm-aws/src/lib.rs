@@ -5,6 +5,7 @@
 pub mod config;
 pub mod dynamo;
 pub mod error;
+pub mod fleet_table;
 pub mod iot;
 pub mod pca;
 pub mod vend_app;

@@ -354,6 +354,34 @@ pub fn certificate_id(certificate_pem: &str) -> Result<String, CsrError> {
     Ok(hex::encode(digest::digest(&digest::SHA256, &der)))
 }
 
+/// The fingerprint of a bare public key (DER SubjectPublicKeyInfo), computed exactly as for a
+/// CSR's key, for registering a device's key before it ever sends a CSR. Only keys a CSR could
+/// match are accepted: the kinds [`Csr::parse_pem`] accepts, EC points uncompressed (as CSRs
+/// carry them).
+pub fn public_key_fingerprint(spki_der: &[u8]) -> Result<(KeyFingerprint, KeyKind), CsrError> {
+    let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_der(spki_der)
+        .map_err(|e| CsrError::Malformed(format!("public key: {e}")))?;
+    let kind = key_kind(&spki)?;
+    let point_len = match kind {
+        KeyKind::EcP256 => Some(65),
+        KeyKind::EcP384 => Some(97),
+        KeyKind::Rsa { .. } => None,
+    };
+    if let Some(len) = point_len {
+        let point = spki.subject_public_key.raw_bytes();
+        if point.len() != len || point.first() != Some(&0x04) {
+            return Err(CsrError::UnsupportedKey(
+                "EC point not in uncompressed form (CSRs carry it uncompressed)".into(),
+            ));
+        }
+    }
+    // Re-encoded from the strict decoding, as the CSR's key is.
+    let der = spki
+        .to_der()
+        .map_err(|e| CsrError::Malformed(format!("public key: {e}")))?;
+    Ok((KeyFingerprint::of_spki_der(&der), kind))
+}
+
 /// The fingerprint of the public key a certificate (PEM) carries.
 pub fn certificate_key_fingerprint(certificate_pem: &str) -> Result<KeyFingerprint, CsrError> {
     let cert = Certificate::from_pem(certificate_pem.trim().as_bytes())
@@ -602,6 +630,24 @@ mod tests {
         let again = Csr::parse_pem(csr.pem()).unwrap();
         assert_eq!(again.der(), csr.der());
         assert_eq!(again.fingerprint(), csr.fingerprint());
+    }
+
+    #[test]
+    fn a_registered_public_key_has_the_fingerprint_of_its_csrs() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "DEVICE-0001");
+        let csr = Csr::parse_pem(&params.serialize_request(&key).unwrap().pem().unwrap()).unwrap();
+        let spki = spki::SubjectPublicKeyInfoOwned::from_pem(key.public_key_pem().as_bytes())
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let (fingerprint, kind) = public_key_fingerprint(&spki).unwrap();
+        assert_eq!(&fingerprint, csr.fingerprint());
+        assert_eq!(kind, KeyKind::EcP256);
+        assert!(public_key_fingerprint(b"garbage").is_err());
     }
 
     #[test]

@@ -10,16 +10,21 @@
 //!   `GetCertificateAuthorityCertificate`, and the CA itself issues the verification
 //!   certificate (a CSR for a fresh key with CN = the registration code).
 //!
-//! Then `RegisterCACertificate` with `setAsActive` (and `allowAutoRegistration` when asked).
-//! A CA that is already registered is made active (and its auto-registration set) instead,
-//! so the command can be re-run.
+//! Then `RegisterCACertificate`, ACTIVE unless `--set-active false`, with auto-registration
+//! when `--auto-registration [enable]` is given.
+//!
+//! Running it again for a CA that is already registered (found by its id, the SHA-256 of its
+//! DER certificate, before any registration code or verification certificate is made)
+//! reports the CA's current state (id, status, auto-registration) and changes it only as
+//! asked: `--set-active true|false`, `--auto-registration enable|disable`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_iot::operation::register_ca_certificate::RegisterCACertificateError;
 use aws_sdk_iot::types::{AutoRegistrationStatus, CaCertificateStatus};
-use cvm_aws::error::port_error;
+use clap::ArgGroup;
+use cvm_aws::error::{error_code, port_error};
 use cvm_aws::pca::{AcmPca, TokioTimer};
 use cvm_core::ports::PortError;
 use cvm_core::provider::{
@@ -33,6 +38,70 @@ use x509_cert::der::{DecodePem, Encode};
 use x509_cert::ext::pkix::BasicConstraints;
 use x509_cert::Certificate;
 use zeroize::Zeroizing;
+
+use crate::error::chain;
+
+#[derive(clap::Args)]
+#[command(group(ArgGroup::new("ca").required(true).args(["ca_cert", "pca_arn"])))]
+pub struct Args {
+    /// The CA certificate (PEM).
+    #[arg(long, requires = "ca_key", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// The CA's private key (PEM, unencrypted). Used locally to sign the verification
+    /// certificate; never sent anywhere.
+    #[arg(long, requires = "ca_cert", value_name = "FILE")]
+    ca_key: Option<PathBuf>,
+    /// Register this AWS Private CA instead; it issues the verification certificate.
+    #[arg(long, value_name = "ARN", conflicts_with_all = ["ca_cert", "ca_key"])]
+    pca_arn: Option<String>,
+    /// Let AWS IoT register device certificates this CA signed when they first connect
+    /// (`--auto-registration` alone means enable). At the first registration the default is
+    /// disable; for a CA already registered it changes only when given.
+    #[arg(long, value_name = "enable|disable", num_args = 0..=1, default_missing_value = "enable")]
+    auto_registration: Option<Toggle>,
+    /// ACTIVE (true) or INACTIVE (false). At the first registration the default is true; for
+    /// a CA already registered it changes only when given.
+    #[arg(long, value_name = "true|false")]
+    set_active: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Toggle {
+    Enable,
+    Disable,
+}
+
+/// What the operator asked to be true of the CA (`None`: as it is, or the default at the
+/// first registration).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wanted {
+    pub active: Option<bool>,
+    pub auto_registration: Option<bool>,
+}
+
+pub async fn run(
+    ctx: &crate::context::Context,
+    args: Args,
+) -> Result<(), crate::error::AdminError> {
+    let source = match (args.ca_cert, args.ca_key, args.pca_arn) {
+        (Some(certificate), Some(key), None) => CaSource::Files { certificate, key },
+        (None, None, Some(arn)) => CaSource::PrivateCa { arn },
+        _ => {
+            return Err(crate::error::AdminError::Usage(
+                "give --ca-cert and --ca-key, or --pca-arn".into(),
+            ))
+        }
+    };
+    let wanted = Wanted {
+        active: args.set_active,
+        auto_registration: args.auto_registration.map(|t| t == Toggle::Enable),
+    };
+    let registered = register_ca(ctx.sdk(), &source, wanted).await?;
+    super::print_json(&registered.to_json())
+}
+
+/// Private CA's end-entity template for TLS client authentication.
+const CLIENT_AUTH_TEMPLATE: &str = "arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1";
 
 /// Where the CA comes from.
 #[derive(Debug, Clone)]
@@ -77,21 +146,6 @@ pub enum RegisterCaError {
     Verification(String),
     #[error("{}", chain(.0))]
     Aws(#[from] PortError),
-}
-
-/// An error with its causes, for the operator (SDK errors keep the service's message there).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// A CA certificate that passed the local checks.
@@ -204,6 +258,8 @@ pub struct Registered {
     pub status: String,
     pub auto_registration_status: String,
     pub already_registered: bool,
+    /// What this run changed on a CA that was registered already.
+    pub changed: Vec<&'static str>,
     pub subject: String,
 }
 
@@ -215,6 +271,7 @@ impl Registered {
             "status": self.status,
             "autoRegistrationStatus": self.auto_registration_status,
             "alreadyRegistered": self.already_registered,
+            "changed": self.changed,
             "subject": self.subject,
         })
     }
@@ -230,35 +287,67 @@ fn read(what: &'static str, path: &Path) -> Result<Zeroizing<Vec<u8>>, RegisterC
         })
 }
 
-/// Runs the whole registration. Every local check happens before the first AWS call.
+/// Runs the whole registration. Every local check happens before the first AWS call; a CA
+/// already registered is found by its id before a verification certificate is made.
 pub async fn register_ca(
     sdk: &aws_config::SdkConfig,
     source: &CaSource,
-    auto_registration: bool,
+    wanted: Wanted,
 ) -> Result<Registered, RegisterCaError> {
     let now = SystemTime::now();
     let iot = aws_sdk_iot::Client::new(sdk);
-    let (ca, verification) = match source {
+    match source {
         CaSource::Files { certificate, key } => {
             let cert_pem = read("the CA certificate", certificate)?;
             let cert_pem = String::from_utf8_lossy(&cert_pem).into_owned();
             let ca = check_ca_certificate(&cert_pem, now)?;
             let key_pem = read("the CA key", key)?;
             let ca_key = load_ca_key(&key_pem, &ca)?;
+            if let Some(id) = registered_id(&iot, &ca).await? {
+                return update(&iot, &ca, id, wanted, true).await;
+            }
             let code = registration_code(&iot).await?;
             let verification = verification_certificate(&ca, ca_key, &code, now)?;
-            (ca, verification)
+            register(&iot, &ca, &verification, wanted).await
         }
         CaSource::PrivateCa { arn } => {
             let pca = AcmPca::from_sdk(sdk, arn.clone(), Duration::from_secs(5));
             let (cert_pem, _chain) = pca.ca_certificate().await?;
             let ca = check_ca_certificate(&cert_pem, now)?;
+            if let Some(id) = registered_id(&iot, &ca).await? {
+                return update(&iot, &ca, id, wanted, true).await;
+            }
             let code = registration_code(&iot).await?;
             let verification = verification_by_private_ca(&pca, &code).await?;
-            (ca, verification)
+            register(&iot, &ca, &verification, wanted).await
         }
-    };
-    register(&iot, &ca, &verification, auto_registration).await
+    }
+}
+
+/// AWS IoT's id of a CA certificate: the SHA-256 of its DER.
+fn ca_id(ca: &CaCertificate) -> String {
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &ca.der,
+    ))
+}
+
+/// The CA's id if AWS IoT has it registered already.
+async fn registered_id(
+    iot: &aws_sdk_iot::Client,
+    ca: &CaCertificate,
+) -> Result<Option<String>, RegisterCaError> {
+    let id = ca_id(ca);
+    match iot
+        .describe_ca_certificate()
+        .certificate_id(&id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(Some(id)),
+        Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
+        Err(e) => Err(port_error("iot:DescribeCACertificate", e).into()),
+    }
 }
 
 async fn registration_code(iot: &aws_sdk_iot::Client) -> Result<String, RegisterCaError> {
@@ -298,7 +387,10 @@ async fn verification_by_private_ca(pca: &AcmPca, code: &str) -> Result<String, 
     let settings = IssueSettings {
         signing_algorithm: SigningAlgorithm::for_key_type(pca.key_type().await?),
         validity_days: 1,
-        template_arn: None,
+        // An end-entity certificate for client authentication only: the issuing path checks
+        // what it gets as it checks a device's certificate, and AWS IoT needs nothing more
+        // of a verification certificate than its subject and the CA's signature.
+        template_arn: Some(CLIENT_AUTH_TEMPLATE.into()),
     };
     let token = IdempotencyToken::random()?;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -320,50 +412,89 @@ async fn register(
     iot: &aws_sdk_iot::Client,
     ca: &CaCertificate,
     verification: &str,
-    auto_registration: bool,
+    wanted: Wanted,
 ) -> Result<Registered, RegisterCaError> {
     const OP: &str = "iot:RegisterCACertificate";
     let result = iot
         .register_ca_certificate()
         .ca_certificate(&ca.pem)
         .verification_certificate(verification)
-        .set_as_active(true)
-        .allow_auto_registration(auto_registration)
+        .set_as_active(wanted.active.unwrap_or(true))
+        .allow_auto_registration(wanted.auto_registration.unwrap_or(false))
         .send()
         .await;
-    let (id, already_registered) = match result {
-        Ok(out) => (
-            out.certificate_id.ok_or_else(|| {
+    match result {
+        Ok(out) => {
+            let id = out.certificate_id.ok_or_else(|| {
                 PortError::new(cvm_core::ports::FailureKind::Other, OP)
                     .with_code("MissingField(certificateId)")
-            })?,
-            false,
-        ),
+            })?;
+            describe(iot, ca, id, false, Vec::new()).await
+        }
         Err(e) => match e.as_service_error() {
+            // Registered by someone else since we looked: as for a re-run.
             Some(RegisterCACertificateError::ResourceAlreadyExistsException(exists)) => {
-                // AWS IoT's certificate ids are the SHA-256 of the DER certificate.
-                let id = exists.resource_id().map(str::to_owned).unwrap_or_else(|| {
-                    hex::encode(aws_lc_rs::digest::digest(
-                        &aws_lc_rs::digest::SHA256,
-                        &ca.der,
-                    ))
-                });
-                iot.update_ca_certificate()
-                    .certificate_id(&id)
-                    .new_status(CaCertificateStatus::Active)
-                    .new_auto_registration_status(if auto_registration {
-                        AutoRegistrationStatus::Enable
-                    } else {
-                        AutoRegistrationStatus::Disable
-                    })
-                    .send()
-                    .await
-                    .map_err(|e| port_error("iot:UpdateCACertificate", e))?;
-                (id, true)
+                let id = exists
+                    .resource_id()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| ca_id(ca));
+                update(iot, ca, id, wanted, true).await
             }
-            _ => return Err(port_error(OP, e).into()),
+            _ => Err(port_error(OP, e).into()),
         },
-    };
+    }
+}
+
+/// A CA registered already: changes what was asked and differs, then reports its state.
+async fn update(
+    iot: &aws_sdk_iot::Client,
+    ca: &CaCertificate,
+    id: String,
+    wanted: Wanted,
+    already_registered: bool,
+) -> Result<Registered, RegisterCaError> {
+    let current = describe(iot, ca, id.clone(), already_registered, Vec::new()).await?;
+    let mut changed = Vec::new();
+    let mut request = iot.update_ca_certificate().certificate_id(&id);
+    if let Some(active) = wanted.active {
+        let target = if active { "ACTIVE" } else { "INACTIVE" };
+        if current.status != target {
+            request = request.new_status(if active {
+                CaCertificateStatus::Active
+            } else {
+                CaCertificateStatus::Inactive
+            });
+            changed.push("status");
+        }
+    }
+    if let Some(auto) = wanted.auto_registration {
+        let target = if auto { "ENABLE" } else { "DISABLE" };
+        if current.auto_registration_status != target {
+            request = request.new_auto_registration_status(if auto {
+                AutoRegistrationStatus::Enable
+            } else {
+                AutoRegistrationStatus::Disable
+            });
+            changed.push("autoRegistrationStatus");
+        }
+    }
+    if changed.is_empty() {
+        return Ok(current);
+    }
+    request
+        .send()
+        .await
+        .map_err(|e| port_error("iot:UpdateCACertificate", e))?;
+    describe(iot, ca, id, already_registered, changed).await
+}
+
+async fn describe(
+    iot: &aws_sdk_iot::Client,
+    ca: &CaCertificate,
+    id: String,
+    already_registered: bool,
+    changed: Vec<&'static str>,
+) -> Result<Registered, RegisterCaError> {
     let described = iot
         .describe_ca_certificate()
         .certificate_id(&id)
@@ -386,6 +517,7 @@ async fn register(
             .unwrap_or_default(),
         certificate_id: id,
         already_registered,
+        changed,
         subject: ca.subject.clone(),
     })
 }
