@@ -46,6 +46,16 @@ product depends on (again the emulator is patched, never the product's checks):
 - IoT RegisterCertificate finds the given CA only if its PEM text is byte-identical to the
   registered one, and registers the device certificate anyway when the CA is unknown. AWS
   matches the certificate and refuses a CA that is not registered; the patch does both.
+- DynamoDB TransactWriteItems deep-copies the whole table once per item of the transaction,
+  as a backup to roll back to, and without a lock: a bulk enrollment of 10,000 serials in
+  transactions of 100 copies the growing table a million times (the emulator died at 2,500),
+  and concurrent transactions corrupt each other's backups (500s). The patch copies each
+  table once per transaction, under a lock shared with the other DynamoDB writes. AWS
+  applies transactions atomically; the patch only makes moto's own rollback affordable.
+- ACM-PCA RevokeCertificate stores the serial as given (AWS's documented form is lowercase
+  hex pairs, `aa:bb:...`), but GetCertificate looks revoked serials up in moto's own
+  uppercase form without leading zeros, so a revoked certificate never looked revoked. The
+  patch stores the serial in moto's form.
 Known and left alone: moto's ACM-PCA CA key is always RSA-2048 whatever KeyAlgorithm says
 (the launcher asks for RSA_2048 so DescribeCertificateAuthority tells the truth), it ignores
 SigningAlgorithm and Validity, and GetCertificate never answers RequestInProgressException
@@ -201,6 +211,8 @@ def _patch_moto(pki_dir):
     _patch_ca_registration()
     _patch_pca_idempotency()
     _patch_pca_templates()
+    _patch_pca_revocation_serials()
+    _patch_dynamodb_transactions()
 
 
 # AWS Private CA's single-purpose end-entity templates: EndEntityCertificate/V1's extensions
@@ -209,6 +221,67 @@ PCA_SINGLE_PURPOSE_TEMPLATES = {
     "EndEntityClientAuthCertificate/V1": ExtendedKeyUsageOID.CLIENT_AUTH,
     "EndEntityServerAuthCertificate/V1": ExtendedKeyUsageOID.SERVER_AUTH,
 }
+
+
+def _patch_dynamodb_transactions():
+    import copy
+    from moto.dynamodb import models as ddb
+
+    writes = threading.RLock()
+
+    class CopyOncePerObject:
+        """copy, but deepcopy returns one copy per original object (per transaction)."""
+
+        def __init__(self):
+            self.copies = {}
+
+        def deepcopy(self, obj, memo=None):
+            key = id(obj)
+            if key not in self.copies:
+                self.copies[key] = copy.deepcopy(obj)
+            return self.copies[key]
+
+        def __getattr__(self, name):
+            return getattr(copy, name)
+
+    transact = ddb.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self, transact_items):
+        with writes:
+            saved, ddb.copy = ddb.copy, CopyOncePerObject()
+            try:
+                return transact(self, transact_items)
+            finally:
+                ddb.copy = saved
+
+    ddb.DynamoDBBackend.transact_write_items = transact_write_items
+    for name in ("put_item", "update_item", "delete_item"):
+        original = getattr(ddb.DynamoDBBackend, name)
+
+        def locked(self, *args, _original=original, **kwargs):
+            with writes:
+                return _original(self, *args, **kwargs)
+
+        setattr(ddb.DynamoDBBackend, name, locked)
+
+
+def _patch_pca_revocation_serials():
+    from moto.acmpca import models as pca
+
+    revoke = pca.ACMPCABackend.revoke_certificate
+
+    def revoke_certificate(self, certificate_authority_arn, certificate_serial, revocation_reason):
+        try:
+            n = int(certificate_serial.replace(":", ""), 16)
+        except ValueError:
+            n = None
+        if n is not None:
+            # Exactly as moto's GetCertificate formats the serial it looks up.
+            digits = format(n, "X")
+            certificate_serial = ":".join(digits[i:i + 2] for i in range(0, len(digits), 2))
+        return revoke(self, certificate_authority_arn, certificate_serial, revocation_reason)
+
+    pca.ACMPCABackend.revoke_certificate = revoke_certificate
 
 
 def _patch_pca_templates():

@@ -192,3 +192,52 @@ async fn private_ca_single_purpose_templates_carry_their_one_extended_key_usage(
         assert!(text.contains("CA:FALSE"), "{template}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_private_ca_revocation_in_awss_serial_form_is_seen_by_get_certificate() {
+    let Ok(ca_arn) = std::env::var("CVM_PCA_ARN") else {
+        return; // the stack has no Private CA
+    };
+    let pca = aws_sdk_acmpca::Client::new(&cvm_aws::load_sdk_config().await);
+    let serial = unique_serial("EMU-REVOKE");
+    let arn = pca
+        .issue_certificate()
+        .certificate_authority_arn(&ca_arn)
+        .csr(aws_sdk_acmpca::primitives::Blob::new(rcgen_csr(&serial)))
+        .signing_algorithm(aws_sdk_acmpca::types::SigningAlgorithm::Sha256Withrsa)
+        .template_arn("arn:aws:acm-pca:::template/EndEntityClientAuthCertificate/V1")
+        .validity(
+            aws_sdk_acmpca::types::Validity::builder()
+                .r#type(aws_sdk_acmpca::types::ValidityPeriodType::Days)
+                .value(1)
+                .build()
+                .unwrap(),
+        )
+        .idempotency_token(serial.chars().rev().take(36).collect::<String>())
+        .send()
+        .await
+        .unwrap()
+        .certificate_arn()
+        .unwrap()
+        .to_owned();
+    let get = || {
+        pca.get_certificate()
+            .certificate_authority_arn(&ca_arn)
+            .certificate_arn(&arn)
+            .send()
+    };
+    let pem = get().await.unwrap().certificate().unwrap().to_owned();
+    // The form the product sends, as AWS documents it: lowercase hex pairs.
+    let hex_serial = cvm_core::provider::certificate_serial_hex(&pem).unwrap();
+    assert!(hex_serial.contains(':') && hex_serial == hex_serial.to_lowercase());
+    pca.revoke_certificate()
+        .certificate_authority_arn(&ca_arn)
+        .certificate_serial(&hex_serial)
+        .revocation_reason(aws_sdk_acmpca::types::RevocationReason::CessationOfOperation)
+        .send()
+        .await
+        .unwrap();
+    // moto answers GetCertificate for a revoked certificate with an error.
+    let err = get().await.unwrap_err();
+    assert!(format!("{err:?}").contains("revoked"), "{err:?}");
+}
