@@ -432,7 +432,7 @@ function parseSettings(stage: string, get: ContextReader, origin: Origin): CvmCo
     s.string('provisioningTemplateName', PROVISIONING_TEMPLATE_NAME, 'up to 36 letters, digits, _ or -') ??
     'cvm-fleet-provisioning';
   const claimPolicyName = s.string('claimPolicyName', IOT_POLICY_NAME) ?? 'cvm-claim';
-  const claimClientIdPrefix = s.string('claimClientIdPrefix', CLIENT_ID_PREFIX, 'letters, digits, _ : . or -');
+  const claimClientIdPrefixGiven = s.string('claimClientIdPrefix', CLIENT_ID_PREFIX, 'letters, digits, _ : . or -');
   const deviceDefenderAudit = s.boolean('deviceDefenderAudit', false);
 
   const throttleRateLimit = s.integer('throttleRateLimit', 10, 1, 10000);
@@ -502,9 +502,12 @@ function parseSettings(stage: string, get: ContextReader, origin: Origin): CvmCo
   if (fleetProvisioning && claimPolicyName === policyName) {
     throw new ConfigError('"claimPolicyName" and "policyName" must differ: claim certificates get only the claim policy');
   }
-  if (!fleetProvisioning && claimClientIdPrefix) {
+  if (!fleetProvisioning && claimClientIdPrefixGiven) {
     throw new ConfigError('"claimClientIdPrefix" configures the claim policy: set fleetProvisioning=true');
   }
+  // cvm-device provisions with the client ID claim-<serial>: a claim certificate may connect
+  // only with such an ID, so whoever extracts it cannot take over a device's client ID.
+  const claimClientIdPrefix = fleetProvisioning ? (claimClientIdPrefixGiven ?? 'claim-') : undefined;
   if (Boolean(iotDataEndpoint) !== Boolean(iotCredentialsEndpoint)) {
     throw new ConfigError(
       'give both "iotDataEndpoint" and "iotCredentialsEndpoint", or neither (the function then looks both up)',

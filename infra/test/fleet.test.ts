@@ -75,7 +75,7 @@ describe('fleetProvisioning=true', () => {
     const provision = '$aws/provisioning-templates/cvm-fleet-provisioning/provision/json';
     const responses = [`${csr}/accepted`, `${csr}/rejected`, `${provision}/accepted`, `${provision}/rejected`];
     assert.deepEqual(statements, [
-      { Sid: 'ConnectWithClaim', Effect: 'Allow', Action: 'iot:Connect', Resource: ARN.iot('client/*') },
+      { Sid: 'ConnectWithClaim', Effect: 'Allow', Action: 'iot:Connect', Resource: ARN.iot('client/claim-*') },
       { Sid: 'RequestProvisioning', Effect: 'Allow', Action: 'iot:Publish', Resource: [ARN.iot(`topic/${csr}`), ARN.iot(`topic/${provision}`)] },
       {
         Sid: 'SubscribeToProvisioningResponses',
@@ -87,10 +87,10 @@ describe('fleetProvisioning=true', () => {
     ]);
   });
 
-  it('restricts claim connections to a client-ID prefix when one is set', () => {
-    const t = synth({ ...CONFIGS.fleet, claimClientIdPrefix: 'claim-' }).template;
+  it('restricts claim connections to another client-ID prefix when one is set', () => {
+    const t = synth({ ...CONFIGS.fleet, claimClientIdPrefix: 'factory7-' }).template;
     const [policy] = Object.values(t.findResources('AWS::IoT::Policy', { Properties: { PolicyName: 'cvm-claim' } }));
-    assert.equal(flatten(policy.Properties.PolicyDocument.Statement[0].Resource), ARN.iot('client/claim-*'));
+    assert.equal(flatten(policy.Properties.PolicyDocument.Statement[0].Resource), ARN.iot('client/factory7-*'));
   });
 
   it('follows the template and claim policy names, in topics and the invoke permission', () => {
