@@ -31,6 +31,12 @@ pub struct DeviceConfig {
     pub credentials: CredentialsConfig,
     #[serde(default)]
     pub publish: PublishConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub provision: ProvisionConfig,
+    #[serde(default)]
+    pub renew: RenewConfig,
 }
 
 #[derive(Debug, Default, Deserialize, PartialEq)]
@@ -58,6 +64,50 @@ pub struct CredentialsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PublishConfig {
     pub endpoint: Option<String>,
+}
+
+/// AWS IoT's MQTT endpoint, for `provision` and for the proof of a renewed certificate.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `host[:port]`; port 8883, or 443 with ALPN `x-amzn-mqtt-ca`.
+    pub endpoint: Option<String>,
+    /// CA certificates (PEM) to verify the broker with.
+    pub ca: Option<PathBuf>,
+    /// Offer ALPN `x-amzn-mqtt-ca` on a port other than 443.
+    pub alpn: Option<bool>,
+    /// The topic of the message that proves a new certificate works; `{thingName}` is
+    /// replaced.
+    pub proof_topic: Option<String>,
+}
+
+/// Fleet provisioning by claim. The serial and token are `[enroll]`'s.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionConfig {
+    pub template: Option<String>,
+    pub claim_certificate: Option<PathBuf>,
+    /// A PEM key file (path or `file:PATH`), or a key store spec (`pkcs11:...`, `zymkey:N`).
+    pub claim_key: Option<String>,
+    pub client_id_prefix: Option<String>,
+    /// The device's key was registered at enrollment: send no token.
+    pub no_token: Option<bool>,
+    pub data_endpoint: Option<String>,
+    pub credentials_endpoint: Option<String>,
+    pub role_alias: Option<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub max_attempts: Option<u32>,
+}
+
+/// Renewal without a token. The API's URL and CA default to `[enroll]`'s.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RenewConfig {
+    pub url: Option<String>,
+    pub api_ca: Option<PathBuf>,
+    /// With `--if-due`: renew this many days before the certificate expires.
+    pub window_days: Option<u32>,
+    pub max_attempts: Option<u32>,
 }
 
 impl DeviceConfig {
@@ -119,6 +169,38 @@ mod tests {
             ok.map(|c| (c.key, c.enroll.max_attempts)),
             Ok((Some("zymkey:1".to_owned()), Some(3)))
         );
+    }
+
+    #[test]
+    fn the_door_and_renewal_sections_parse_and_refuse_typos() {
+        let text = "[mqtt]\nendpoint = \"a-ats.iot.eu-west-1.amazonaws.com:443\"\nalpn = true\n\
+                    [provision]\ntemplate = \"cvm-fleet\"\nclaim_key = \"pkcs11:module=/m;token=t;key=claim\"\n\
+                    no_token = true\n[renew]\nwindow_days = 14\n";
+        let config = DeviceConfig::parse(text);
+        assert_eq!(
+            config.map(|c| (
+                c.mqtt.endpoint,
+                c.mqtt.alpn,
+                c.provision.template,
+                c.provision.no_token,
+                c.renew.window_days
+            )),
+            Ok((
+                Some("a-ats.iot.eu-west-1.amazonaws.com:443".to_owned()),
+                Some(true),
+                Some("cvm-fleet".to_owned()),
+                Some(true),
+                Some(14)
+            ))
+        );
+        for typo in [
+            "[mqtt]\nendpont = \"x\"",
+            "[provision]\nclaim_cert = \"x\"",
+            "[renew]\nwindow = 3",
+            "[renew]\nwindow_days = -1",
+        ] {
+            assert!(DeviceConfig::parse(typo).is_err(), "{typo}");
+        }
     }
 
     #[test]

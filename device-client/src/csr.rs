@@ -65,8 +65,20 @@ pub enum CsrError {
     Build(String),
 }
 
+/// A CSR in both encodings: PEM to send, DER to sign over (a renewal request signs it).
+#[derive(Debug, Clone)]
+pub struct SignedCsr {
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
 /// A CSR whose subject is `CN=<common_name>`, signed by the store's key.
 pub fn build_csr(store: &dyn KeyStore, common_name: &str) -> Result<String, CsrError> {
+    Ok(build_signed_csr(store, common_name)?.pem)
+}
+
+/// [`build_csr`], in both encodings.
+pub fn build_signed_csr(store: &dyn KeyStore, common_name: &str) -> Result<SignedCsr, CsrError> {
     let signer = StoreSigner {
         store,
         public_key: store.public_key()?,
@@ -80,7 +92,10 @@ pub fn build_csr(store: &dyn KeyStore, common_name: &str) -> Result<String, CsrE
     let csr = params
         .serialize_request(&signer)
         .map_err(|e| CsrError::Build(e.to_string()))?;
-    csr.pem().map_err(|e| CsrError::Build(e.to_string()))
+    Ok(SignedCsr {
+        pem: csr.pem().map_err(|e| CsrError::Build(e.to_string()))?,
+        der: csr.der().to_vec(),
+    })
 }
 
 /// SHA-256 of the DER SubjectPublicKeyInfo, lowercase hex: the same fingerprint the server

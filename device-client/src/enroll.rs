@@ -3,21 +3,19 @@
 //! metadata file that marks success is written last (and removed first when files change).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::api::{self, ApiError, Retries, Success};
 use crate::clock::{ClockCheck, ClockError, Reference};
 use crate::csr::{build_csr, key_fingerprint, CsrError};
-use crate::files::{ensure_dir, share_file, write_atomic, Sharing};
-use crate::http::{self, Verdict};
+use crate::files::{ensure_dir, share_file, write_atomic, FileError, Sharing};
+use crate::identity;
 use crate::keystore::{KeyStore, KeyStoreError};
-use crate::tls::{error_chain, one_line};
 
-pub const CERTIFICATE_FILE: &str = "certificate.pem";
-pub const CA_FILE: &str = "ca.pem";
-pub const METADATA_FILE: &str = "enrollment.json";
+pub use crate::identity::{CA_FILE, CERTIFICATE_FILE, METADATA_FILE};
 
 pub struct EnrollOptions {
     /// Base URL of the vending API, e.g. `https://cvm.example.com`.
@@ -35,36 +33,7 @@ pub struct EnrollOptions {
     pub sharing: Sharing,
 }
 
-/// Waits between attempts when the server gives no Retry-After: `initial`, doubling, capped
-/// at `max`, each with up to 25% jitter so a fleet that lost power together does not retry
-/// together.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub initial: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The wait after failed attempt number `attempt` (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32 << attempt.saturating_sub(1).min(10);
-        let base = self.initial.saturating_mul(factor).min(self.max);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
-    }
-}
+pub use crate::api::Backoff;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -73,19 +42,20 @@ pub struct Endpoints {
     pub credentials: String,
 }
 
-/// What the API returns (the fields the device keeps).
+/// What the API returns for a vend, a renewal and its confirmation (the fields the device
+/// keeps).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct VendResponse {
-    thing_name: String,
-    certificate_id: String,
-    certificate_arn: String,
-    certificate_pem: String,
-    ca_certificates: Vec<String>,
-    endpoints: Endpoints,
-    policy_name: Option<String>,
-    role_alias: Option<String>,
-    issued_at: Option<String>,
+pub(crate) struct VendResponse {
+    pub thing_name: String,
+    pub certificate_id: String,
+    pub certificate_arn: String,
+    pub certificate_pem: String,
+    pub ca_certificates: Vec<String>,
+    pub endpoints: Endpoints,
+    pub policy_name: Option<String>,
+    pub role_alias: Option<String>,
+    pub issued_at: Option<String>,
 }
 
 /// What the device stores next to its certificate; later commands read it.
@@ -95,7 +65,8 @@ pub struct Enrollment {
     pub serial: String,
     pub thing_name: String,
     pub certificate_id: String,
-    pub certificate_arn: String,
+    /// `None` after fleet provisioning, whose answers do not give it.
+    pub certificate_arn: Option<String>,
     pub public_key_fingerprint: String,
     pub endpoints: Endpoints,
     pub policy_name: Option<String>,
@@ -106,13 +77,46 @@ pub struct Enrollment {
 }
 
 impl Enrollment {
+    /// What a vend (or renewal) answer says, for `serial` and the key store `key` whose public
+    /// key has `fingerprint`.
+    pub(crate) fn from_vend(
+        serial: &str,
+        vended: &VendResponse,
+        fingerprint: String,
+        key: String,
+    ) -> Self {
+        Self {
+            serial: serial.to_owned(),
+            thing_name: vended.thing_name.clone(),
+            certificate_id: vended.certificate_id.clone(),
+            certificate_arn: Some(vended.certificate_arn.clone()),
+            public_key_fingerprint: fingerprint,
+            endpoints: vended.endpoints.clone(),
+            policy_name: vended.policy_name.clone(),
+            role_alias: vended.role_alias.clone(),
+            issued_at: vended.issued_at.clone(),
+            key,
+        }
+    }
+
+    /// As stored in `enrollment.json`.
+    pub fn to_json(&self) -> std::io::Result<Vec<u8>> {
+        serde_json::to_vec_pretty(self)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+
     /// The enrollment recorded in `dir`, if there is a complete one.
     pub fn load(dir: &Path) -> Result<Self, String> {
-        let path = dir.join(METADATA_FILE);
-        let raw = std::fs::read(&path).map_err(|e| {
+        Self::load_from(&identity::path(dir, METADATA_FILE))
+    }
+
+    /// The enrollment recorded in the file `path`.
+    pub fn load_from(path: &Path) -> Result<Self, String> {
+        let raw = std::fs::read(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 format!(
-                    "{} is missing: this device is not enrolled yet (run `cvm-device enroll`)",
+                    "{} is missing: this device is not enrolled yet (run `cvm-device enroll` \
+                     or `cvm-device provision`)",
                     path.display()
                 )
             } else {
@@ -159,48 +163,22 @@ pub enum EnrollError {
     Clock(#[from] ClockError),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EnrollError + '_ {
-    move |source| EnrollError::Io {
-        path: path.to_owned(),
-        source,
+impl From<FileError> for EnrollError {
+    fn from(e: FileError) -> Self {
+        Self::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
 /// The stored enrollment, if it is for this serial and this key.
 pub fn existing(out: &Path, serial: &str, fingerprint: &str) -> Option<Enrollment> {
-    let raw = std::fs::read(out.join(METADATA_FILE)).ok()?;
+    let raw = std::fs::read(identity::path(out, METADATA_FILE)).ok()?;
     let e: Enrollment = serde_json::from_slice(&raw).ok()?;
-    let complete = out.join(CERTIFICATE_FILE).exists() && out.join(CA_FILE).exists();
+    let complete =
+        identity::path(out, CERTIFICATE_FILE).exists() && identity::path(out, CA_FILE).exists();
     (complete && e.serial == serial && e.public_key_fingerprint == fingerprint).then_some(e)
-}
-
-fn client(ca: Option<&Path>) -> Result<reqwest::Client, EnrollError> {
-    let mut builder = reqwest::Client::builder()
-        .https_only(true)
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("cvm-device/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = ca {
-        let pem = std::fs::read(path).map_err(|e| EnrollError::Ca {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| EnrollError::Ca {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
-        if certs.is_empty() {
-            return Err(EnrollError::Ca {
-                path: path.to_owned(),
-                message: "no PEM certificate in the file".into(),
-            });
-        }
-        builder = builder.tls_certs_only(certs);
-    }
-    builder.build().map_err(|e| EnrollError::Network {
-        url: String::new(),
-        message: e.to_string(),
-    })
 }
 
 /// Exponential backoff from 1 s, capped at 30 s, with up to 25% jitter.
@@ -208,50 +186,24 @@ pub fn backoff(attempt: u32) -> Duration {
     Backoff::default().delay(attempt)
 }
 
-/// One answer of the API.
-struct Answer {
-    status: u16,
-    /// What `Retry-After` asks for, capped.
-    retry_after: Option<Duration>,
-    /// The server's `Date`, and when it arrived.
-    date: Option<(SystemTime, Instant)>,
-    body: String,
+impl From<ApiError> for EnrollError {
+    fn from(e: ApiError) -> Self {
+        match e {
+            ApiError::Refused {
+                status,
+                code,
+                message,
+            } => Self::Api {
+                status,
+                code,
+                message,
+            },
+            ApiError::Network { url, message } => Self::Network { url, message },
+            ApiError::Ca { path, message } => Self::Ca { path, message },
+            ApiError::Clock(e) => Self::Clock(e),
+        }
+    }
 }
-
-/// One attempt's result: an answer, or a transport failure (transient).
-async fn attempt(
-    client: &reqwest::Client,
-    url: &str,
-    body: &serde_json::Value,
-    clock: &ClockCheck,
-) -> Result<Answer, String> {
-    let response = client
-        .post(url)
-        .json(body)
-        .send()
-        .await
-        .map_err(|e| error_chain(&e))?;
-    let received = Instant::now();
-    let status = response.status().as_u16();
-    let date = http::date(response.headers());
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| http::retry_after(v, date, clock.now()));
-    // A connection lost while the body arrives is as transient as one lost before.
-    let text = response.text().await.map_err(|e| error_chain(&e))?;
-    Ok(Answer {
-        status,
-        retry_after,
-        date: date.map(|d| (d, received)),
-        body: text,
-    })
-}
-
-/// How many times an answer whose `Date` disagrees with the clock is asked again, once the
-/// clock has been set (each after a bounded wait).
-const CLOCK_RETRIES: u32 = 2;
 
 pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Outcome, EnrollError> {
     let fingerprint = key_fingerprint(store)?;
@@ -262,11 +214,11 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
     }
     // Where the result goes must be writable, with the configured group, before the token is
     // spent: a certificate that cannot be stored would be asked for again and again.
-    ensure_dir(&options.out, options.sharing).map_err(io(&options.out))?;
+    ensure_dir(&options.out, options.sharing).map_err(FileError::at(&options.out))?;
     // A clock that was never set would fail TLS, or judge the server's certificate wrongly.
     options.clock.settle(&Reference::Build).await?;
     let csr = build_csr(store, &options.serial)?;
-    let client = client(options.ca.as_deref())?;
+    let client = api::client(options.ca.as_deref())?;
     let url = format!("{}/v1/certificates", options.url.trim_end_matches('/'));
     let body = serde_json::json!({
         "serial": options.serial,
@@ -274,79 +226,17 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
         "csr": csr,
     });
 
-    let mut attempts = 0;
-    let mut clock_retries = 0;
-    let (status, response) = loop {
-        attempts += 1;
-        let last = attempts >= options.max_attempts.max(1);
-        let answer = match attempt(&client, &url, &body, &options.clock).await {
-            Ok(answer) => answer,
-            Err(message) if !last => {
-                let wait = options.backoff.delay(attempts);
-                eprintln!(
-                    "cvm-device: {url} unreachable ({message}); retrying in {:.1} s",
-                    wait.as_secs_f64()
-                );
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            Err(message) => return Err(EnrollError::Network { url, message }),
-        };
-        if let Some((date, received)) = answer.date {
-            // TLS judged the server's certificate by this clock: an answer received with a
-            // clock far from the server's is not acted on. Once the clock is set, ask again
-            // (a certificate already issued comes back, for the same key).
-            let reference = Reference::Server { date, received };
-            if options.clock.problem(&reference).is_some() {
-                options.clock.settle(&reference).await?;
-                clock_retries += 1;
-                if clock_retries > CLOCK_RETRIES {
-                    return Err(EnrollError::Clock(ClockError {
-                        problem: "the server's Date still disagrees with the system clock \
-                                  after it was set"
-                            .into(),
-                        waited: Duration::ZERO,
-                    }));
-                }
-                attempts -= 1;
-                continue;
-            }
-        }
-        let status = answer.status;
-        if status == 200 || status == 201 {
-            break (status, answer.body);
-        }
-        let (code, message) = match serde_json::from_str::<serde_json::Value>(&answer.body) {
-            Ok(v) => (
-                v["code"].as_str().unwrap_or("unknown").to_owned(),
-                v["message"].as_str().unwrap_or("").to_owned(),
-            ),
-            Err(_) => (
-                "unknown".to_owned(),
-                answer.body.chars().take(200).collect(),
-            ),
-        };
-        let (code, message) = (one_line(&code), one_line(&message));
-        match http::verdict(status, &code) {
-            Verdict::Transient if !last => {
-                let wait = answer
-                    .retry_after
-                    .unwrap_or_else(|| options.backoff.delay(attempts));
-                eprintln!(
-                    "cvm-device: {code} ({status}); retrying in {:.1} s",
-                    wait.as_secs_f64()
-                );
-                tokio::time::sleep(wait).await;
-            }
-            _ => {
-                return Err(EnrollError::Api {
-                    status,
-                    code,
-                    message,
-                })
-            }
-        }
+    let retries = Retries {
+        max_attempts: options.max_attempts,
+        backoff: options.backoff,
+        clock: options.clock.clone(),
     };
+    // Asked again after a lost answer or a clock that was not set, the API gives the
+    // certificate already issued back, for the same key.
+    let Success {
+        status,
+        body: response,
+    } = api::post(&client, &url, &body, &retries).await?;
 
     let vended: VendResponse =
         serde_json::from_str(&response).map_err(|e| EnrollError::InvalidResponse(e.to_string()))?;
@@ -355,18 +245,7 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
             "the certificate is not for this device's key".into(),
         ));
     }
-    let enrollment = Enrollment {
-        serial: options.serial.clone(),
-        thing_name: vended.thing_name,
-        certificate_id: vended.certificate_id,
-        certificate_arn: vended.certificate_arn,
-        public_key_fingerprint: fingerprint,
-        endpoints: vended.endpoints,
-        policy_name: vended.policy_name,
-        role_alias: vended.role_alias,
-        issued_at: vended.issued_at,
-        key: store.describe(),
-    };
+    let enrollment = Enrollment::from_vend(&options.serial, &vended, fingerprint, store.describe());
     save(
         &options.out,
         &vended.certificate_pem,
@@ -380,39 +259,54 @@ pub async fn enroll(store: &dyn KeyStore, options: &EnrollOptions) -> Result<Out
     })
 }
 
-/// Gives the enrollment directory and the files in it the configured mode and group.
-fn share(out: &Path, sharing: Sharing) -> Result<(), EnrollError> {
-    ensure_dir(out, sharing).map_err(io(out))?;
-    for name in crate::files::CLIENT_FILES {
-        let path = out.join(name);
-        share_file(&path, sharing).map_err(io(&path))?;
+/// Gives the enrollment directory and the files in it the configured mode and group: the
+/// client's files, and a key file in it that a renewal named (`device-r2.key`).
+pub(crate) fn share(out: &Path, sharing: Sharing) -> Result<(), FileError> {
+    ensure_dir(out, sharing).map_err(FileError::at(out))?;
+    let renewed_key = Enrollment::load(out)
+        .ok()
+        .and_then(|e| e.key.strip_prefix("file:").map(PathBuf::from))
+        .filter(|key| key.parent() == Some(out));
+    let names = crate::files::CLIENT_FILES.iter().map(|name| out.join(name));
+    for path in names.chain(renewed_key) {
+        share_file(&path, sharing).map_err(FileError::at(&path))?;
     }
     Ok(())
 }
 
-fn save(
+/// Writes a complete identity into `out`: certificate, CA chain, then `enrollment.json`. A
+/// renewal prepared for the identity it replaces is dropped first.
+pub(crate) fn save(
     out: &Path,
     certificate: &str,
     cas: &[String],
     enrollment: &Enrollment,
     sharing: Sharing,
-) -> Result<(), EnrollError> {
-    ensure_dir(out, sharing).map_err(io(out))?;
+) -> Result<(), FileError> {
+    ensure_dir(out, sharing).map_err(FileError::at(out))?;
     let meta_path = out.join(METADATA_FILE);
     // An older enrollment (another serial or key) stops being "complete" before its files
     // are replaced, so no mix of old and new is ever taken for a finished enrollment.
     match std::fs::remove_file(&meta_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&meta_path)(e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(FileError::at(&meta_path)(e))
+        }
+        _ => {}
+    }
+    let next = out.join(identity::NEXT_DIR);
+    match std::fs::remove_dir_all(&next) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(FileError::at(&next)(e)),
         _ => {}
     }
     let cert_path = out.join(CERTIFICATE_FILE);
-    write_atomic(&cert_path, certificate.as_bytes(), sharing).map_err(io(&cert_path))?;
+    write_atomic(&cert_path, certificate.as_bytes(), sharing).map_err(FileError::at(&cert_path))?;
     let ca_path = out.join(CA_FILE);
-    write_atomic(&ca_path, cas.join("\n").as_bytes(), sharing).map_err(io(&ca_path))?;
+    write_atomic(&ca_path, cas.join("\n").as_bytes(), sharing).map_err(FileError::at(&ca_path))?;
     // Written last: its presence means the enrollment is complete.
-    let meta = serde_json::to_vec_pretty(enrollment)
-        .map_err(|e| EnrollError::InvalidResponse(e.to_string()))?;
-    write_atomic(&meta_path, &meta, sharing).map_err(io(&meta_path))
+    enrollment
+        .to_json()
+        .and_then(|meta| write_atomic(&meta_path, &meta, sharing))
+        .map_err(FileError::at(&meta_path))
 }
 
 #[cfg(test)]

@@ -7,7 +7,35 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A file or directory of the client's that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// Adds the path to an I/O error: `.map_err(FileError::at(&path))`.
+    pub fn at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+        move |source| FileError {
+            path: path.to_owned(),
+            source,
+        }
+    }
+
+    /// Whether the cause is the directory or file not being the client's to write (a group it
+    /// may not give files to, a directory of other things): that does not change by itself.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self.source.kind(),
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+        )
+    }
+}
 
 /// Who may read what the client writes. Private: directory 0700, files 0600. Shared with a
 /// group: directory 0750, files 0640, group-owned by it, so that a service user in that group
@@ -73,6 +101,17 @@ pub const CLIENT_FILES: [&str; 5] = [
     "zymkey-slot",
 ];
 
+/// The names of work in progress the client keeps: a provisioning (`provisioning.json`, kept
+/// owner-only whatever the sharing: it holds a credential) and a renewal (`next/`, and in it
+/// `key`, `renewal.json`, `promoting`). They mark a directory as the client's too.
+pub const CLIENT_STATE: [&str; 5] = [
+    "provisioning.json",
+    "next",
+    "key",
+    "renewal.json",
+    "promoting",
+];
+
 /// Whether `dir` is empty or holds an enrollment: a directory the client may set the mode of.
 /// Anything else (`/tmp`, `/var/lib` given by mistake) is left as it is.
 fn is_client_dir(dir: &Path) -> std::io::Result<bool> {
@@ -80,7 +119,10 @@ fn is_client_dir(dir: &Path) -> std::io::Result<bool> {
     if entries.peek().is_none() {
         return Ok(true);
     }
-    Ok(CLIENT_FILES.iter().any(|name| dir.join(name).exists()))
+    Ok(CLIENT_FILES
+        .iter()
+        .chain(CLIENT_STATE.iter())
+        .any(|name| dir.join(name).exists()))
 }
 
 /// Creates `dir` if needed, and gives it the sharing's mode and group when it is the client's
@@ -222,6 +264,20 @@ mod tests {
             ensure_dir(dir, own_group()).is_err(),
             "a group could not rely on it"
         );
+    }
+
+    #[test]
+    fn work_in_progress_marks_a_directory_as_the_clients() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let dir = tmp.path().join("cvm");
+        assert!(fs::create_dir(&dir).is_ok());
+        assert!(fs::write(dir.join("provisioning.json"), b"{}").is_ok());
+        assert!(ensure_dir(&dir, own_group()).is_ok());
+        assert_eq!(mode(&dir), 0o750);
+        let next = dir.join("next");
+        assert!(fs::create_dir(&next).is_ok());
+        assert!(fs::write(next.join("key"), b"file:/k").is_ok());
+        assert!(ensure_dir(&next, own_group()).is_ok());
     }
 
     #[test]

@@ -99,6 +99,89 @@ impl KeySpec {
     }
 }
 
+/// The suffix a renewal's new key gets: `device` → `device-r2` → `device-r3`.
+const GENERATION: &str = "-r";
+
+/// A name and its renewal generation: `device-r3` → (`device`, 3); `device` → (`device`, 1).
+fn split_generation(name: &str) -> (&str, u32) {
+    match name.rsplit_once(GENERATION) {
+        Some((base, n))
+            if !base.is_empty()
+                && !n.is_empty()
+                && n.len() <= 6
+                && n.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            match n.parse::<u32>() {
+                Ok(generation) if generation >= 2 => (base, generation),
+                _ => (name, 1),
+            }
+        }
+        _ => (name, 1),
+    }
+}
+
+fn with_generation(base: &str, generation: u32) -> String {
+    if generation <= 1 {
+        base.to_owned()
+    } else {
+        format!("{base}{GENERATION}{generation}")
+    }
+}
+
+/// A file name's stem and extension: `device-r2.key` → (`device-r2`, `.key`).
+fn split_extension(name: &str) -> (&str, &str) {
+    match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    }
+}
+
+impl KeySpec {
+    /// Where a renewal makes the device's next key: a new file beside a key file, a new label
+    /// on the same PKCS#11 token (`device` → `device-r2` → `device-r3`). `None` for a Zymkey
+    /// slot: its renewal keeps the key, or (HSM6/SCM with `--generate-key`) makes a pair in a
+    /// slot the module chooses.
+    pub fn successor(&self) -> Option<KeySpec> {
+        match self {
+            Self::File(path) => {
+                let name = path.file_name()?.to_str()?;
+                let (stem, extension) = split_extension(name);
+                let (base, generation) = split_generation(stem);
+                let next = format!("{}{extension}", with_generation(base, generation + 1));
+                Some(Self::File(path.with_file_name(next)))
+            }
+            Self::Pkcs11(spec) => {
+                let (base, generation) = split_generation(&spec.key);
+                Some(Self::Pkcs11(Pkcs11Spec {
+                    key: with_generation(base, generation + 1),
+                    ..spec.clone()
+                }))
+            }
+            Self::Zymkey(_) => None,
+        }
+    }
+
+    /// This spec as first configured, before any renewal: the generation suffix
+    /// [`KeySpec::successor`] adds, removed.
+    pub fn lineage(&self) -> KeySpec {
+        match self {
+            Self::File(path) => {
+                let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                    return self.clone();
+                };
+                let (stem, extension) = split_extension(name);
+                let (base, _) = split_generation(stem);
+                Self::File(path.with_file_name(format!("{base}{extension}")))
+            }
+            Self::Pkcs11(spec) => Self::Pkcs11(Pkcs11Spec {
+                key: split_generation(&spec.key).0.to_owned(),
+                ..spec.clone()
+            }),
+            Self::Zymkey(_) => self.clone(),
+        }
+    }
+}
+
 /// What opening a key store needs besides its spec.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
@@ -237,6 +320,37 @@ mod tests {
         ] {
             assert!(KeySpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn renewals_number_their_keys_and_lineage_undoes_it() {
+        let file = |p: &str| KeySpec::File(PathBuf::from(p));
+        let cases = [
+            ("/var/lib/cvm/device.key", "/var/lib/cvm/device-r2.key"),
+            ("/var/lib/cvm/device-r2.key", "/var/lib/cvm/device-r3.key"),
+            ("/var/lib/cvm/device-r9.key", "/var/lib/cvm/device-r10.key"),
+            ("/k/devkey", "/k/devkey-r2"),
+            ("/k/my-router.key", "/k/my-router-r2.key"),
+            ("/k/a-r1.key", "/k/a-r1-r2.key"),
+            ("/k/.key", "/k/.key-r2"),
+        ];
+        for (current, next) in cases {
+            assert_eq!(file(current).successor(), Some(file(next)), "{current}");
+            assert_eq!(file(next).lineage(), file(current).lineage(), "{next}");
+        }
+        assert_eq!(file("/k/device-r3.key").lineage(), file("/k/device.key"));
+        let pkcs11 = |key: &str| {
+            KeySpec::parse(&format!(
+                "pkcs11:module=/m.so;token=t;key={key};pin-file=/p"
+            ))
+            .unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        assert_eq!(pkcs11("device").successor(), Some(pkcs11("device-r2")));
+        assert_eq!(pkcs11("device-r2").successor(), Some(pkcs11("device-r3")));
+        assert_eq!(pkcs11("device-r7").lineage(), pkcs11("device"));
+        assert_ne!(pkcs11("other-r2").lineage(), pkcs11("device"));
+        assert_eq!(KeySpec::Zymkey(Some(0)).successor(), None);
+        assert_eq!(KeySpec::Zymkey(Some(3)).lineage(), KeySpec::Zymkey(Some(3)));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! extractable, so it never leaves the token. Every other command opens an existing key and
 //! names the token and label when there is none.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -134,8 +135,63 @@ pub struct Pkcs11Store {
     private_key: ObjectHandle,
     public_key: [u8; 65],
     context: Pkcs11,
-    /// Whether this store initialized the module (and so finalizes it).
-    initialized: bool,
+    /// Whether this store counts among the module's users (see [`ModuleUsers`]).
+    registered: bool,
+}
+
+/// How many stores of this process use each PKCS#11 module. `C_Initialize` and
+/// `C_Finalize` act on the whole process, so the module is initialized by its first store and
+/// finalized when its last one closes: a device key and a claim key on the same token, or a
+/// renewal's current and new keys, do not pull the module from under each other.
+struct ModuleUsers;
+
+static MODULE_USERS: Mutex<BTreeMap<PathBuf, usize>> = Mutex::new(BTreeMap::new());
+
+impl ModuleUsers {
+    /// Initializes the module unless a store of this process did. `false` when something
+    /// else in the process had initialized it: it is then not ours to finalize.
+    fn join(context: &Pkcs11, module: &Path) -> Result<bool, KeyStoreError> {
+        let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        let count = users.entry(module.to_owned()).or_insert(0);
+        if *count == 0 {
+            match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+                Ok(()) => {}
+                Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                    users.remove(module);
+                    return Ok(false);
+                }
+                Err(e) => {
+                    users.remove(module);
+                    return Err(err(format!(
+                        "PKCS#11 module {} failed to initialize: {}",
+                        module.display(),
+                        cause(&e)
+                    )));
+                }
+            }
+        }
+        *count += 1;
+        Ok(true)
+    }
+
+    /// One store fewer; the last one finalizes the module.
+    fn leave(context: &Pkcs11, module: &Path) {
+        let mut users = MODULE_USERS.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match users.get_mut(module) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                users.remove(module);
+                true
+            }
+            None => false,
+        };
+        if last {
+            let _ = context.clone().finalize();
+        }
+    }
 }
 
 /// What to do when the token has no key pair with the spec's label.
@@ -168,19 +224,7 @@ impl Pkcs11Store {
                 }
             ))
         })?;
-        let initialized =
-            match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-                Ok(()) => true,
-                // Another user in this process initialized it; share it.
-                Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => false,
-                Err(e) => {
-                    return Err(err(format!(
-                        "PKCS#11 module {} failed to initialize: {}",
-                        module.display(),
-                        cause(&e)
-                    )))
-                }
-            };
+        let registered = ModuleUsers::join(&context, module)?;
         match Self::open_key(&context, spec, if_missing) {
             Ok((session, private_key, public_key)) => Ok(Self {
                 spec: spec.clone(),
@@ -188,11 +232,11 @@ impl Pkcs11Store {
                 private_key,
                 public_key,
                 context,
-                initialized,
+                registered,
             }),
             Err(e) => {
-                if initialized {
-                    let _ = context.finalize();
+                if registered {
+                    ModuleUsers::leave(&context, module);
                 }
                 Err(e)
             }
@@ -447,8 +491,8 @@ impl Drop for Pkcs11Store {
             // Closing the session logs out.
             drop(session.take());
         }
-        if self.initialized {
-            let _ = self.context.clone().finalize();
+        if self.registered {
+            ModuleUsers::leave(&self.context, &self.spec.module);
         }
     }
 }
