@@ -11,6 +11,8 @@ mod commands;
 mod context;
 mod error;
 mod factory;
+#[macro_use]
+mod output;
 mod public_key;
 mod view;
 

@@ -19,6 +19,7 @@
 //! between (3) and (5) is reported as existing, and its token in the factory file as invalid;
 //! so is any token whose record could not be written.
 
+use crate::output::say;
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -486,24 +487,22 @@ fn print_summary(
     duplicates: &[Skipped],
 ) {
     for (line, serial) in &o.existing {
-        println!("line {line}: {serial} is already enrolled; left as it is, no token made");
+        say!("line {line}: {serial} is already enrolled; left as it is, no token made");
     }
     for (line, serial) in &o.raced {
-        println!(
-            "line {line}: {serial} was enrolled by someone else during this run; left as it is"
-        );
+        say!("line {line}: {serial} was enrolled by someone else during this run; left as it is");
     }
     for s in malformed {
-        println!("line {}: malformed: {}", s.line, s.reason);
+        say!("line {}: malformed: {}", s.line, s.reason);
     }
     for s in duplicates {
-        println!("line {}: duplicate: {}", s.line, s.reason);
+        say!("line {}: duplicate: {}", s.line, s.reason);
     }
     for (line, serial, error) in &o.failed {
-        println!("line {line}: {serial} not written: {error}");
+        say!("line {line}: {serial} not written: {error}");
     }
     if !o.invalid_tokens.is_empty() {
-        println!(
+        say!(
             "the factory file's tokens for these serials are NOT valid (their record was not written): {}",
             o.invalid_tokens
                 .iter()
@@ -512,7 +511,7 @@ fn print_summary(
                 .join(", ")
         );
     }
-    println!(
+    say!(
         "enrolled {}, existing {}, malformed {}, duplicate {}, failed {}; tokens in {}",
         o.enrolled.len(),
         o.existing.len() + o.raced.len(),

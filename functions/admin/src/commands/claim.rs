@@ -9,6 +9,7 @@
 //! was made is removed. `claim list` shows a claim policy's certificates, `claim revoke`
 //! retires one (REVOKED, detached).
 
+use crate::output::{say, say_raw};
 use std::io::Write;
 #[cfg(unix)]
 use std::os::unix::fs::OpenOptionsExt;
@@ -178,15 +179,15 @@ async fn create(ctx: &Context, args: CreateArgs) -> Result<(), AdminError> {
         "keyFile": args.out_key.as_ref().map(|p| p.display().to_string()),
     });
     if args.json {
-        println!("{out}");
+        say!("{out}");
     } else {
-        println!(
+        say!(
             "claim certificate {} is ACTIVE with policy {policy}; certificate in {}",
             made.0.id,
             args.out_cert.display()
         );
         if let Some(path) = &args.out_key {
-            println!("its key (keep it secret) is in {}", path.display());
+            say!("its key (keep it secret) is in {}", path.display());
         }
     }
     Ok(())
@@ -334,7 +335,7 @@ async fn list(ctx: &Context, args: ListArgs) -> Result<(), AdminError> {
         let status = d.and_then(|d| d.status()).map(|s| s.as_str().to_owned());
         let created = d.and_then(|d| d.creation_date()).map(|t| rfc3339(t.secs()));
         if args.json {
-            println!(
+            say!(
                 "{}",
                 json!({"certificateId": id, "certificateArn": arn, "status": status, "createdAt": created})
             );
@@ -347,7 +348,7 @@ async fn list(ctx: &Context, args: ListArgs) -> Result<(), AdminError> {
         }
     }
     if !args.json {
-        print!(
+        say_raw!(
             "{}",
             view::table(&["CERTIFICATE", "STATUS", "CREATED"], &rows)
         );
@@ -393,6 +394,6 @@ async fn revoke(ctx: &Context, args: RevokeArgs) -> Result<(), AdminError> {
     };
     cvm_aws::iot::revoke_in_iot(ctx.iot(), &certificate).await?;
     ctx.registry().detach_all_policies(&certificate).await?;
-    println!("claim certificate {id} is REVOKED and detached from its policies");
+    say!("claim certificate {id} is REVOKED and detached from its policies");
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! accepted), or both. With `--no-token` a pre-registered device gets no token at all: it
 //! enrolls with a CSR for its key alone, and no secret ever leaves the factory.
 
+use crate::output::say;
 use std::path::PathBuf;
 
 use clap::ArgGroup;
@@ -104,7 +105,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         Written::ConditionFailed => return Err(AdminError::AlreadyEnrolled(serial)),
     }
     if args.json {
-        println!(
+        say!(
             "{}",
             json!({
                 "serial": serial,
@@ -114,16 +115,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         );
         return Ok(());
     }
-    println!("enrolled {serial}");
+    say!("enrolled {serial}");
     if let Some(k) = &key {
-        println!("registered key (SHA-256 of its SubjectPublicKeyInfo): {k}");
+        say!("registered key (SHA-256 of its SubjectPublicKeyInfo): {k}");
     }
     match &token {
-        Some(t) => println!(
+        Some(t) => say!(
             "token (shown once; give it to the device, it is not stored): {}",
             t.expose_secret()
         ),
-        None => println!("no token: the device enrolls with a CSR for its registered key"),
+        None => say!("no token: the device enrolls with a CSR for its registered key"),
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `history`: a record's audit trail, oldest first: what changed, when, and who did it (an
 //! operator's AWS principal, or the device and the door it used).
 
+use crate::output::{say, say_raw};
 use cvm_core::ports::DeviceStore;
 use serde_json::json;
 
@@ -26,7 +27,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         .ok_or(AdminError::NotEnrolled(serial))?;
     if args.json {
         for e in &record.history {
-            println!(
+            say!(
                 "{}",
                 json!({"at": e.at, "kind": e.kind.as_str(), "actor": e.actor, "detail": e.detail})
             );
@@ -45,6 +46,6 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
             ]
         })
         .collect();
-    print!("{}", view::table(&["AT", "KIND", "ACTOR", "DETAIL"], &rows));
+    say_raw!("{}", view::table(&["AT", "KIND", "ACTOR", "DETAIL"], &rows));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `list`: the records, a page of the table at a time (a strongly consistent scan). A table
 //! for people, or one JSON object per line (`--json`) for scripts; never a token or a hash.
 
+use crate::output::{say, say_raw};
 use cvm_aws::fleet_table::{RecordScan, ScanFilter};
 
 use crate::context::{now, rfc3339, Context};
@@ -64,7 +65,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
             };
             shown += 1;
             if args.json {
-                println!("{}", view::summary(&record, now));
+                say!("{}", view::summary(&record, now));
             } else {
                 let summary = view::summary(&record, now);
                 let text = |k: &str| summary[k].as_str().unwrap_or("").to_owned();
@@ -90,7 +91,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         }
     }
     if !args.json {
-        print!(
+        say_raw!(
             "{}",
             view::table(
                 &[

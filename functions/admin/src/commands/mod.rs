@@ -13,6 +13,7 @@ pub mod revoke;
 pub mod show;
 pub mod unlock;
 
+use crate::output::say;
 use std::path::Path;
 
 use cvm_core::{Attributes, KeyFingerprint, PolicyName, Serial, ThingName};
@@ -68,6 +69,6 @@ pub fn public_key_file(path: &Path) -> Result<KeyFingerprint, AdminError> {
 pub fn print_json(value: &serde_json::Value) -> Result<(), AdminError> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| AdminError::Usage(format!("could not print JSON: {e}")))?;
-    println!("{text}");
+    say!("{text}");
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! once), a new registered key (`--public-key`), or both; without `--public-key` the record
 //! keeps no registered key. Its history is kept.
 
+use crate::output::say;
 use std::path::PathBuf;
 
 use cvm_core::lifecycle::{self, LifecycleError};
@@ -75,7 +76,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         .map(|e| e.detail.clone())
         .unwrap_or_default();
     if args.json {
-        println!(
+        say!(
             "{}",
             json!({
                 "serial": serial,
@@ -86,16 +87,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         );
         return Ok(());
     }
-    println!("re-enrolled {serial} ({detail})");
+    say!("re-enrolled {serial} ({detail})");
     if let Some(k) = &key {
-        println!("registered key: {k}");
+        say!("registered key: {k}");
     }
     match &token {
-        Some(t) => println!(
+        Some(t) => say!(
             "token (shown once; give it to the device, it is not stored): {}",
             t.expose_secret()
         ),
-        None => println!("no token: the device enrolls with a CSR for its registered key"),
+        None => say!("no token: the device enrolls with a CSR for its registered key"),
     }
     Ok(())
 }

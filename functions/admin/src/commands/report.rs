@@ -23,6 +23,7 @@
 //! When a record cannot be read, the certificates it names are unknown, so nothing unnamed is
 //! removed.
 
+use crate::output::{say, say_raw};
 use std::collections::{HashMap, HashSet};
 
 use aws_sdk_iot::types::CertificateStatus;
@@ -424,13 +425,18 @@ async fn remove(
 
 fn print_report(r: &Value) {
     let c = &r["counts"];
-    println!(
+    say!(
         "records: {} enrolled, {} claimed, {} issued, {} revoked ({} locked, {} unreadable)",
-        c["enrolled"], c["claimed"], c["issued"], c["revoked"], c["locked"], c["unreadable"]
+        c["enrolled"],
+        c["claimed"],
+        c["issued"],
+        c["revoked"],
+        c["locked"],
+        c["unreadable"]
     );
     let section = |title: String, items: &Value, header: &[&str], fields: &[&str]| {
         let items = items.as_array().cloned().unwrap_or_default();
-        println!("\n{title}: {}", items.len());
+        say!("\n{title}: {}", items.len());
         if items.is_empty() {
             return;
         }
@@ -447,7 +453,7 @@ fn print_report(r: &Value) {
                     .collect()
             })
             .collect();
-        print!("{}", view::table(header, &rows));
+        say_raw!("{}", view::table(header, &rows));
     };
     section(
         format!(
@@ -491,10 +497,10 @@ fn print_report(r: &Value) {
         );
     }
     for u in r["unreadableRecords"].as_array().into_iter().flatten() {
-        println!("unreadable record: {}", u.as_str().unwrap_or_default());
+        say!("unreadable record: {}", u.as_str().unwrap_or_default());
     }
     for w in r["warnings"].as_array().into_iter().flatten() {
-        println!("note: {}", w.as_str().unwrap_or_default());
+        say!("note: {}", w.as_str().unwrap_or_default());
     }
 }
 

@@ -4,6 +4,7 @@
 //! is deleted. Then the record becomes `revoked`, conditional on the version read: the
 //! device's token and key are refused from then on. Safe to run again.
 
+use crate::output::say;
 use cvm_core::lifecycle::{self, Done, LifecycleError};
 use cvm_core::DeviceStatus;
 
@@ -41,16 +42,16 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         }
     };
     match done {
-        Done::Unchanged(_) => println!("{serial} was already revoked"),
+        Done::Unchanged(_) => say!("{serial} was already revoked"),
         Done::Changed(r) => match &r.status {
             DeviceStatus::Revoked {
                 certificate: Some(c),
                 ..
-            } => println!(
+            } => say!(
                 "revoked {serial}: certificate {} is REVOKED and detached",
                 c.id
             ),
-            _ => println!("revoked {serial} (no certificate had been issued)"),
+            _ => say!("revoked {serial} (no certificate had been issued)"),
         },
     }
     Ok(())

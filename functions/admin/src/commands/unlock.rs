@@ -1,6 +1,7 @@
 //! `unlock`: forgets a serial's wrong tokens at once, so its device can try again now rather
 //! than when the lockout window closes by itself.
 
+use crate::output::say;
 use cvm_core::lifecycle::{self, Done, LifecycleError};
 
 use crate::context::{now, Context};
@@ -25,8 +26,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<(), AdminError> {
         }
     };
     match done {
-        Done::Changed(_) => println!("unlocked {serial}: its failed attempts are forgotten"),
-        Done::Unchanged(_) => println!("{serial} has no failed attempts; nothing to do"),
+        Done::Changed(_) => say!("unlocked {serial}: its failed attempts are forgotten"),
+        Done::Unchanged(_) => say!("{serial} has no failed attempts; nothing to do"),
     }
     Ok(())
 }
