@@ -439,9 +439,10 @@ function parseSettings(stage: string, get: ContextReader, origin: Origin): CvmCo
   const throttleBurstLimit = s.integer('throttleBurstLimit', 20, 1, 5000);
 
   // Reserved concurrency keeps the functions inside the AWS IoT control-plane quotas. A vend
-  // holds its execution environment for about six sequential AWS round trips, at least ~0.7 s,
+  // holds its execution environment for five sequential AWS round trips, at least ~0.7 s,
   // and calls CreateCertificateFromCsr and AttachPolicy once each (15 TPS quota each):
-  // 10 concurrent vends make at most 10 / 0.7 ~ 14 calls per second. In acm-pca mode the vend
+  // 10 concurrent vends make at most 10 / 0.7 ~ 14 calls per second, and the service spaces
+  // the retries of throttled ones by the quota (Retry-After). In acm-pca mode the vend
   // calls RegisterCertificateWithoutCA or RegisterCertificate instead (10 TPS quota):
   // 7 / 0.7 = 10 per second.
   // The certificate provider calls Private CA IssueCertificate once (25 TPS) and GetCertificate

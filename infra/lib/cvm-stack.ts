@@ -136,9 +136,9 @@ export class CvmStack extends Stack {
       description: 'Vends and renews AWS IoT device certificates: POST /v1/certificates, /v1/renewals, /v1/renewals/confirm',
       architecture: config.architecture,
       memorySize: 256,
-      // A vend is about six sequential AWS round trips (read the record, claim it, issue the
-      // certificate, create the thing and attach policy and certificate concurrently, record
-      // the result), each normally well under a second but up to a few seconds when AWS IoT
+      // A vend is five sequential AWS round trips (claim the record, issue the certificate ‖
+      // create the thing, record it pending ‖ attach policy and certificate, activate it,
+      // record the result), each normally well under a second but up to a few seconds when AWS IoT
       // is slow or the SDK retries a throttled call. 10 s leaves room for that and for the
       // rollback of a half-done vend, and stays below API Gateway's 30 s integration timeout.
       timeout: Duration.seconds(10),

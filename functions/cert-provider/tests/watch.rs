@@ -45,8 +45,24 @@ impl Drop for Watch {
     }
 }
 
+/// `cargo`, without the variables `cargo test` set for this test (`CARGO_PKG_*`,
+/// `CARGO_MANIFEST_DIR`, ...): inherited, they change the build's fingerprint and the watcher
+/// would rebuild every dependency.
+fn cargo() -> Command {
+    let mut command = Command::new("cargo");
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
+            || name == "RUSTC_BOOTSTRAP"
+        {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
 fn invoke(port: u16) -> serde_json::Value {
-    let out = Command::new("cargo")
+    let out = cargo()
         .current_dir(repo())
         .env("PATH", cargo_lambda_path())
         .args(["lambda", "invoke", "-A", "127.0.0.1", "-P"])
@@ -60,8 +76,7 @@ fn invoke(port: u16) -> serde_json::Value {
         "cargo lambda invoke failed: {stdout} {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
 #[test]
@@ -76,11 +91,18 @@ fn the_bootstrap_answers_under_cargo_lambda_watch_cold_and_warm() {
     );
     let port = free_port();
     // Its own process group, so the function it runs goes down with it.
-    let mut command = Command::new("cargo");
+    let mut command = cargo();
     command
         .current_dir(repo())
         .env("PATH", cargo_lambda_path())
-        .args(["lambda", "watch", "--ignore-changes", "-A", "127.0.0.1", "-P"])
+        .args([
+            "lambda",
+            "watch",
+            "--ignore-changes",
+            "-A",
+            "127.0.0.1",
+            "-P",
+        ])
         .arg(port.to_string())
         .arg("--env-file")
         .arg(&env_file)
@@ -101,10 +123,13 @@ fn the_bootstrap_answers_under_cargo_lambda_watch_cold_and_warm() {
     // The first invocation builds and starts the function; then a warm one.
     for round in ["cold", "warm"] {
         let answer = invoke(port);
-        let pem = answer["certificatePem"].as_str().unwrap_or_else(|| {
-            panic!("{round} invocation answered no certificate: {answer}")
-        });
-        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{round}: {pem}");
+        let pem = answer["certificatePem"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{round} invocation answered no certificate: {answer}"));
+        assert!(
+            pem.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{round}: {pem}"
+        );
     }
     drop(watch);
 }
