@@ -97,7 +97,8 @@ async fn wrapped<P: PrivateCa>(wrap: impl FnOnce(AcmPca) -> P, budget: Duration)
     let p = provider().await;
     let settings = p.settings().clone();
     let ca = AcmPca::from_sdk(&sdk().await, env("CVM_PCA_ARN"), Duration::from_secs(1));
-    let cn = regex_lite::Regex::new(&format!("^(?:{})$", cert_provider::DEFAULT_CN_PATTERN)).unwrap();
+    let cn =
+        regex_lite::Regex::new(&format!("^(?:{})$", cert_provider::DEFAULT_CN_PATTERN)).unwrap();
     Provider::new(wrap(ca), settings, cn, budget, Metrics::Off)
 }
 
