@@ -68,11 +68,12 @@ export class CertificateProvider extends Construct {
     // CA certificate even if the function were made to ask for one.
     this.lambda.function.addToRolePolicy(issueWithTemplate(props.pcaArn, props.pcaTemplateArn));
     // GetCertificate polls for the issued certificate; DescribeCertificateAuthority once at
-    // start-up tells the CA's key type, unless the signing algorithm is given.
+    // start-up tells the CA's key type, or, when the signing algorithm is given, opens the
+    // CA's connection during init (CVM_WARM_UP).
     this.lambda.function.addToRolePolicy(
       new iam.PolicyStatement({
         sid: 'ReadIssuedCertificates',
-        actions: ['acm-pca:GetCertificate', ...(props.signingAlgorithm ? [] : ['acm-pca:DescribeCertificateAuthority'])],
+        actions: ['acm-pca:DescribeCertificateAuthority', 'acm-pca:GetCertificate'],
         resources: [props.pcaArn],
       }),
     );

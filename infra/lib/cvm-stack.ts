@@ -173,7 +173,8 @@ export class CvmStack extends Stack {
       // IssueCertificate per vend, only with the end-entity template; GetCertificate per vend;
       // RevokeCertificate to undo a vend that failed after issuance and for a renewal's old or
       // abandoned certificate; DescribeCertificateAuthority once at start-up (the signing
-      // algorithm follows the CA's key type) unless the algorithm is configured;
+      // algorithm follows the CA's key type, unless configured; otherwise the call that opens
+      // the CA's connection during init, CVM_WARM_UP);
       // GetCertificateAuthorityCertificate once at start-up when certificates are registered
       // with the CA.
       vendFn.addToRolePolicy(issueWithTemplate(pcaArn as string, this.pcaTemplateArn as string));
@@ -183,7 +184,7 @@ export class CvmStack extends Stack {
           actions: [
             'acm-pca:GetCertificate',
             'acm-pca:RevokeCertificate',
-            ...(signingAlgorithm ? [] : ['acm-pca:DescribeCertificateAuthority']),
+            'acm-pca:DescribeCertificateAuthority',
             ...(config.pcaRegisteredWithIot ? ['acm-pca:GetCertificateAuthorityCertificate'] : []),
           ],
           resources: [pcaArn as string],
@@ -231,17 +232,16 @@ export class CvmStack extends Stack {
         resources: [iotArn('thing', '*')],
       }),
     );
-    if (!config.iotDataEndpoint) {
-      // Needed only when the endpoints are not given in the environment; the function asks
-      // once per execution environment, at start-up. No resource type in the reference: "*" only.
-      vendFn.addToRolePolicy(
-        new iam.PolicyStatement({
-          sid: 'DiscoverIotEndpoints',
-          actions: ['iot:DescribeEndpoint'],
-          resources: ['*'],
-        }),
-      );
-    }
+    // Once per execution environment, at start-up: the endpoints when they are not given in
+    // the environment, otherwise the call that opens AWS IoT's connection during init
+    // (CVM_WARM_UP). Read-only; no resource type in the reference: "*" only.
+    vendFn.addToRolePolicy(
+      new iam.PolicyStatement({
+        sid: 'DiscoverIotEndpoints',
+        actions: ['iot:DescribeEndpoint'],
+        resources: ['*'],
+      }),
+    );
     vendFn.node.addDependency(this.identity.policy);
 
     if (config.certificateProvider) {

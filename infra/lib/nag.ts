@@ -35,7 +35,7 @@ export function acknowledgeFindings(stack: CvmStack, config: CvmConfig): void {
       : config.pcaRegisteredWithIot
         ? 'iot:RegisterCertificate'
         : 'iot:RegisterCertificateWithoutCA';
-  const starActions = [issueAction, ...(config.iotDataEndpoint ? [] : ['iot:DescribeEndpoint'])];
+  const starActions = [issueAction, 'iot:DescribeEndpoint'];
   acknowledge(vendPolicy, [
     {
       id: 'AwsSolutions-IAM5',
@@ -43,7 +43,7 @@ export function acknowledgeFindings(stack: CvmStack, config: CvmConfig): void {
       reason:
         `Only ${starActions.join(' and ')} use Resource "*": the Service Authorization Reference for AWS IoT lists ` +
         'no resource type for these actions, so "*" is the only resource they can be granted on. ' +
-        'Certificate issuance in this mode needs the first; the endpoint lookup happens only when the endpoints are not configured.',
+        'Certificate issuance in this mode needs the first; the second, read-only, looks the endpoints up or opens the connection at start-up.',
     },
     {
       id: 'AwsSolutions-IAM5',

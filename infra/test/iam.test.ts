@@ -125,22 +125,27 @@ describe('vend function IAM', () => {
     });
   });
 
-  it('signs with the created Private CA when createPrivateCa=true, without DescribeCertificateAuthority', () => {
+  it('signs with the created Private CA when createPrivateCa=true', () => {
     const { template, statements } = vendStatements(CONFIGS.createdCa);
     const ca = onlyLogicalId(template, 'AWS::ACMPCA::CertificateAuthority');
     assert.deepEqual(statements.IssueWithEndEntityTemplate?.resources, [`\${${ca}.Arn}`]);
-    // The signing algorithm is passed in the environment: no start-up lookup, no permission for it.
+    // The signing algorithm is passed in the environment; DescribeCertificateAuthority stays,
+    // as the call that opens the CA's connection during init.
     assert.deepEqual(
       statements.UsePrivateCa,
-      allow(['acm-pca:GetCertificate', 'acm-pca:RevokeCertificate'], [`\${${ca}.Arn}`]),
+      allow(
+        ['acm-pca:DescribeCertificateAuthority', 'acm-pca:GetCertificate', 'acm-pca:RevokeCertificate'],
+        [`\${${ca}.Arn}`],
+      ),
     );
   });
 
-  it('drops iot:DescribeEndpoint when both endpoints are configured', () => {
+  it('keeps iot:DescribeEndpoint when both endpoints are configured: the warm-up call at init', () => {
     const { statements } = vendStatements(CONFIGS.endpointsGiven);
-    assert.equal(statements.DiscoverIotEndpoints, undefined);
+    assert.deepEqual(statements.DiscoverIotEndpoints, allow(['iot:DescribeEndpoint'], ['*']));
     assert.deepEqual(Object.keys(statements).sort(), [
       'CreateThings',
+      'DiscoverIotEndpoints',
       'IssueWithAwsIot',
       'ManageVendedCertificates',
       'ReadWriteDeviceRecords',
@@ -177,10 +182,13 @@ describe('certificate provider IAM', () => {
     });
   });
 
-  it('drops DescribeCertificateAuthority for a created CA, whose signing algorithm it is told', () => {
+  it('reads the created CA too: DescribeCertificateAuthority is its warm-up call at init', () => {
     const { template, statements } = providerStatements(CONFIGS.createdCa);
     const ca = onlyLogicalId(template, 'AWS::ACMPCA::CertificateAuthority');
-    assert.deepEqual(statements.ReadIssuedCertificates, allow(['acm-pca:GetCertificate'], [`\${${ca}.Arn}`]));
+    assert.deepEqual(
+      statements.ReadIssuedCertificates,
+      allow(['acm-pca:DescribeCertificateAuthority', 'acm-pca:GetCertificate'], [`\${${ca}.Arn}`]),
+    );
   });
 
   it('lets only AWS IoT invoke it, as this account’s certificate provider', () => {

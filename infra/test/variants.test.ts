@@ -166,7 +166,7 @@ describe('createPrivateCa=true', () => {
       const fn = template.toJSON().Resources[onlyLogicalId(template, 'AWS::Lambda::Function', prefix)];
       const env = fn.Properties.Environment.Variables;
       assert.deepEqual(env.CVM_PCA_ARN, { 'Fn::GetAtt': [ca, 'Arn'] });
-      // The CA's key is EC P-256: the functions skip DescribeCertificateAuthority at start-up.
+      // The CA's key is EC P-256: the functions need not ask the CA for its key type.
       assert.equal(env.CVM_SIGNING_ALGORITHM, 'SHA256WITHECDSA');
       assert.deepEqual(env.CVM_PCA_TEMPLATE_ARN, DEFAULT_TEMPLATE);
       assert.ok(fn.DependsOn.includes(activation), `${prefix} does not wait for the CA activation`);

@@ -73,7 +73,7 @@ impl Context {
     /// revoking also revokes at the Private CA that issued.
     pub async fn issuer(&self) -> Result<AnyIssuer, AdminError> {
         let mode = issuer_mode(&process_env())?;
-        Ok(build_issuer(&self.sdk, &self.iot, mode).await?)
+        Ok(build_issuer(&self.sdk, &self.iot, mode, false).await?)
     }
 
     /// Who is running this, from `sts:GetCallerIdentity`. Commands that change anything ask

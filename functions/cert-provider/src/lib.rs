@@ -52,6 +52,8 @@ pub struct ProviderConfig {
     pub budget: Duration,
     /// The metrics' `Stage` dimension (`CVM_STAGE`).
     pub stage: String,
+    /// `CVM_WARM_UP`: open the Private CA connection during init.
+    pub warm_up: bool,
 }
 
 impl ProviderConfig {
@@ -88,6 +90,7 @@ impl ProviderConfig {
             cn_pattern,
             budget: Duration::from_millis(budget_ms),
             stage: stage(env)?,
+            warm_up: cvm_aws::config::warm_up(env)?,
         })
     }
 }
@@ -119,6 +122,10 @@ pub async fn build(
     metrics: Metrics,
 ) -> Result<Provider<AcmPca>, StartError> {
     let ca = AcmPca::from_sdk(sdk, config.pca.ca_arn.clone(), ATTEMPT_TIMEOUT);
+    // Without a configured algorithm, start-up asks the CA anyway, which opens the connection.
+    if config.warm_up && config.pca.signing_algorithm.is_some() {
+        cvm_aws::warm_up::run(vec![("acm-pca", Box::pin(ca.warm_up()))]).await;
+    }
     let settings =
         issue_settings(&config.pca, &ca)
             .await
@@ -126,7 +133,7 @@ pub async fn build(
                 arn: config.pca.ca_arn.clone(),
                 source,
             })?;
-    lambda_runtime::tracing::info!(
+    tracing::info!(
         ca = %config.pca.ca_arn,
         signing_algorithm = %settings.signing_algorithm,
         validity_days = settings.validity_days,
@@ -203,7 +210,7 @@ impl<P: PrivateCa> Provider<P> {
         let latency_ms = latency.as_millis() as u64;
         match result {
             Ok((request, provided)) => {
-                lambda_runtime::tracing::info!(
+                tracing::info!(
                     outcome = "issued",
                     latency_ms,
                     certificate_arn = %provided.certificate_arn,
@@ -220,11 +227,11 @@ impl<P: PrivateCa> Provider<P> {
             Err(e) => {
                 let error_type = e.error_type();
                 let kind = if e.is_refusal() {
-                    lambda_runtime::tracing::info!(outcome = error_type, latency_ms, error = %e, "refused");
+                    tracing::info!(outcome = error_type, latency_ms, error = %e, "refused");
                     metrics::Failure::Refusal
                 } else {
                     // The full cause (operation, service code, source chain) for operators.
-                    lambda_runtime::tracing::error!(outcome = error_type, latency_ms, error = ?e, "failed");
+                    tracing::error!(outcome = error_type, latency_ms, error = ?e, "failed");
                     metrics::Failure::Fault
                 };
                 metrics::record_invocation(&self.metrics, error_type, Some(kind), latency);

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use cert_provider::{build, Metrics, ProviderConfig};
-use lambda_runtime::{service_fn, tracing, Error, LambdaEvent};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     // JSON logs when the function's log format is JSON; level from AWS_LAMBDA_LOG_LEVEL.
-    tracing::init_default_subscriber();
+    cvm_aws::logging::init();
 
     // Configuration, client and the CA's key type are settled once, at init, and fail the
     // cold start loudly.
@@ -17,7 +17,7 @@ async fn main() -> Result<(), Error> {
     let metrics = Metrics::Emf {
         stage: config.stage.clone(),
     };
-    let sdk = cvm_aws::load_sdk_config().await;
+    let sdk = cvm_aws::lambda_sdk_config()?;
     let provider = Arc::new(build(&sdk, config, metrics).await?);
 
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {

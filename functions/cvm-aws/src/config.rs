@@ -101,6 +101,8 @@ pub struct VendSettings {
     pub role_alias: Option<String>,
     /// The metrics' `Stage` dimension.
     pub stage: String,
+    /// `CVM_WARM_UP`: open the AWS connections during init (see [`crate::warm_up`]).
+    pub warm_up: bool,
 }
 
 /// Looks a setting up by name (the process environment, or a map in tests).
@@ -224,6 +226,7 @@ impl VendSettings {
             ca_certificates,
             role_alias: env("CVM_ROLE_ALIAS").filter(|v| !v.is_empty()),
             stage: stage(env)?,
+            warm_up: warm_up(env)?,
         })
     }
 }
@@ -303,6 +306,19 @@ pub fn aws_quotas() -> cvm_core::pacing::Quotas {
 }
 
 /// `CVM_STAGE`: the deployment's stage, a dimension of every metric (default `default`).
+/// `CVM_WARM_UP` (`on` by default, or `off`): whether a function opens its AWS connections
+/// during init, so its first request does not pay the TLS handshakes (see [`crate::warm_up`]).
+pub fn warm_up(env: Env) -> Result<bool, ConfigError> {
+    match env("CVM_WARM_UP").as_deref().map(str::trim) {
+        None | Some("") | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(ConfigError::Invalid {
+            name: "CVM_WARM_UP",
+            reason: format!("{other:?} (on or off)"),
+        }),
+    }
+}
+
 pub fn stage(env: Env) -> Result<String, ConfigError> {
     let stage = env("CVM_STAGE")
         .map(|s| s.trim().to_owned())
@@ -419,6 +435,25 @@ mod tests {
 
     const BASE: [(&str, &str); 2] = [("CVM_TABLE_NAME", "t"), ("CVM_DEFAULT_POLICY_NAME", "p")];
     const PCA: &str = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555";
+
+    #[test]
+    fn warm_up_is_on_unless_turned_off() {
+        assert!(settings(&BASE).unwrap().warm_up);
+        assert!(
+            settings(&[BASE[0], BASE[1], ("CVM_WARM_UP", "on")])
+                .unwrap()
+                .warm_up
+        );
+        assert!(
+            !settings(&[BASE[0], BASE[1], ("CVM_WARM_UP", "off")])
+                .unwrap()
+                .warm_up
+        );
+        for bad in ["yes", "true", "0", "OFF "] {
+            let e = settings(&[BASE[0], BASE[1], ("CVM_WARM_UP", bad)]).unwrap_err();
+            assert!(e.to_string().contains("CVM_WARM_UP"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn acm_pca_mode_reads_its_settings() {

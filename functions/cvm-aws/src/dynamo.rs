@@ -56,7 +56,24 @@ impl DynamoStore {
     pub fn table(&self) -> &str {
         &self.table
     }
+
+    /// Init's warm-up call (see [`crate::warm_up`]): an eventually consistent read of a key no
+    /// serial can have, on the table the function already reads (half a read unit).
+    pub async fn warm_up(&self) -> Result<(), PortError> {
+        self.client
+            .get_item()
+            .table_name(&self.table)
+            .key("serial", s(WARM_UP_KEY))
+            .projection_expression("serial")
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| port_error("dynamodb:GetItem(warm-up)", e))
+    }
 }
+
+/// Not a serial: `#` is outside the serial alphabet, so no record can ever have this key.
+const WARM_UP_KEY: &str = "#warm-up";
 
 pub(crate) fn s(v: &str) -> AttributeValue {
     AttributeValue::S(v.to_owned())

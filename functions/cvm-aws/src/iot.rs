@@ -295,6 +295,17 @@ impl ThingRegistry for IotRegistry {
     }
 }
 
+/// Init's warm-up call to AWS IoT (see [`crate::warm_up`]): the data endpoint, read-only.
+pub async fn warm_up(client: &Client) -> Result<(), PortError> {
+    client
+        .describe_endpoint()
+        .endpoint_type("iot:Data-ATS")
+        .send()
+        .await
+        .map(drop)
+        .map_err(|e| port_error("iot:DescribeEndpoint(warm-up)", e))
+}
+
 /// The account's ATS data endpoint and credentials-provider endpoint, asked concurrently.
 pub async fn describe_endpoints(client: &Client) -> Result<Endpoints, PortError> {
     let (data, credentials) = tokio::join!(

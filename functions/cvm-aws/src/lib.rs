@@ -7,16 +7,13 @@ pub mod dynamo;
 pub mod error;
 pub mod fleet_table;
 pub mod iot;
+pub mod logging;
 pub mod pca;
+pub mod sdk;
 pub mod vend_app;
+pub mod warm_up;
 
 pub use dynamo::DynamoStore;
 pub use iot::{describe_endpoints, IotIssuer, IotRegistry};
 
-/// Loads the SDK configuration once (region, credentials, `AWS_ENDPOINT_URL` override).
-/// Building it is the expensive part; clients made from it are cheap.
-pub async fn load_sdk_config() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
-}
+pub use sdk::{lambda_sdk_config, load_sdk_config};

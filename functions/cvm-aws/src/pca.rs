@@ -88,6 +88,12 @@ impl AcmPca {
         &self.ca_arn
     }
 
+    /// Init's warm-up call (see [`crate::warm_up`]): `DescribeCertificateAuthority`, the call
+    /// start-up makes anyway when the signing algorithm is not configured.
+    pub async fn warm_up(&self) -> Result<(), PortError> {
+        self.key_type().await.map(drop)
+    }
+
     /// The CA's certificate and the chain above it (`GetCertificateAuthorityCertificate`).
     pub async fn ca_certificate(&self) -> Result<(String, Option<String>), PortError> {
         const OP: &str = "acm-pca:GetCertificateAuthorityCertificate";

@@ -12,6 +12,7 @@ use cvm_http::{Api, Metrics};
 
 use crate::config::{ConfigError, IssuerMode, VendSettings};
 use crate::pca::{issue_settings, AcmPca, PcaIssuer, Registration};
+use crate::warm_up::{self, WarmUpCall};
 use crate::{describe_endpoints, DynamoStore, IotIssuer, IotRegistry};
 
 /// A vend does not activate with less than this left of its claim lease.
@@ -68,10 +69,13 @@ const PCA_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Builds the issuer: in `acm-pca` mode, asks the CA once for its key type (unless
 /// `CVM_SIGNING_ALGORITHM` is set) and, when registering with the CA, for its certificate.
+/// With `warm_up`, a CA that start-up would not otherwise ask is asked anyway, to open the
+/// connection the first request needs.
 pub async fn build_issuer(
     sdk: &aws_config::SdkConfig,
     iot: &aws_sdk_iot::Client,
     mode: IssuerMode,
+    warm_up: bool,
 ) -> Result<AnyIssuer, ConfigError> {
     let settings = match mode {
         IssuerMode::Iot => return Ok(AnyIssuer::Iot(IotIssuer::new(iot.clone()))),
@@ -86,6 +90,10 @@ pub async fn build_issuer(
     let issue_settings = issue_settings(&settings.pca, &pca)
         .await
         .map_err(ca_error)?;
+    let asked_at_start = settings.pca.signing_algorithm.is_none() || settings.registered_with_iot;
+    if warm_up && !asked_at_start {
+        warm_up::run(vec![("acm-pca", Box::pin(pca.warm_up()))]).await;
+    }
     let registration = if settings.registered_with_iot {
         let (ca_certificate_pem, _chain) = pca.ca_certificate().await.map_err(ca_error)?;
         Registration::WithCa { ca_certificate_pem }
@@ -114,10 +122,22 @@ pub async fn build_vend_api(
     settings: VendSettings,
     metrics: Metrics,
 ) -> Result<Arc<VendApi>, ConfigError> {
-    let dynamodb = aws_sdk_dynamodb::Client::new(sdk);
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(sdk),
+        settings.table_name.clone(),
+    );
     let iot = aws_sdk_iot::Client::new(sdk);
-    // Independent start-up lookups run concurrently.
-    let (endpoints, issuer) = tokio::join!(
+    // The connections the first request needs, opened now (the endpoint lookup, when it
+    // happens, opens AWS IoT's; the issuer's start-up, the Private CA's).
+    let mut warm_up_calls: Vec<WarmUpCall> = Vec::new();
+    if settings.warm_up {
+        warm_up_calls.push(("dynamodb", Box::pin(store.warm_up())));
+        if settings.endpoints.is_some() {
+            warm_up_calls.push(("iot", Box::pin(crate::iot::warm_up(&iot))));
+        }
+    }
+    // Independent start-up calls run concurrently.
+    let (endpoints, issuer, _) = tokio::join!(
         async {
             match settings.endpoints {
                 Some(e) => Ok(e),
@@ -126,7 +146,8 @@ pub async fn build_vend_api(
                     .map_err(ConfigError::Endpoints),
             }
         },
-        build_issuer(sdk, &iot, settings.issuer),
+        build_issuer(sdk, &iot, settings.issuer, settings.warm_up),
+        warm_up::run(warm_up_calls),
     );
     let config = VendConfig {
         default_policy: settings.default_policy,
@@ -139,11 +160,6 @@ pub async fn build_vend_api(
         renewal: settings.renewal,
         quotas: crate::config::aws_quotas(),
     };
-    let vendor = Vendor::new(
-        DynamoStore::new(dynamodb, settings.table_name),
-        issuer?,
-        IotRegistry::new(iot),
-        config,
-    );
+    let vendor = Vendor::new(store, issuer?, IotRegistry::new(iot), config);
     Ok(Arc::new(Api { vendor, metrics }))
 }

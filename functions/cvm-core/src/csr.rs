@@ -3,11 +3,11 @@
 
 use std::fmt;
 
-use aws_lc_rs::digest;
-use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use der::asn1::ObjectIdentifier as Oid;
 use der::pem::LineEnding;
 use der::{Decode, DecodePem, Encode, EncodePem};
+use ring::digest;
+use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use x509_cert::ext::pkix::{BasicConstraints, ExtendedKeyUsage};
 use x509_cert::ext::Extension;
 use x509_cert::request::CertReq;

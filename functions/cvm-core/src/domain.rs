@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use aws_lc_rs::digest;
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
 use subtle::ConstantTimeEq;
 
 /// Why a value from outside was refused. The message names the rule, never the value when the
@@ -196,7 +196,7 @@ impl Token {
     }
 
     /// A fresh token from the system's CSPRNG, URL-safe base64 without padding.
-    pub fn generate() -> Result<Self, aws_lc_rs::error::Unspecified> {
+    pub fn generate() -> Result<Self, ring::error::Unspecified> {
         let mut bytes = [0u8; Self::RANDOM_BYTES];
         SystemRandom::new().fill(&mut bytes)?;
         Ok(Self(

@@ -7,7 +7,7 @@
 //! purpose or one device never verifies for another. Signatures are ECDSA (ASN.1 DER) with
 //! SHA-256 for P-256 keys and SHA-384 for P-384 keys, or RSA PKCS#1 v1.5 with SHA-256.
 
-use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 
 use crate::csr::{certified_key, KeyKind};
 use crate::domain::Serial;
@@ -78,13 +78,14 @@ mod tests {
 
     fn sign(key: &rcgen::KeyPair, message: &[u8]) -> Vec<u8> {
         let pkcs8 = key.serialize_der();
-        let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
             &pkcs8,
+            &ring::rand::SystemRandom::new(),
         )
         .unwrap();
         signer
-            .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+            .sign(&ring::rand::SystemRandom::new(), message)
             .unwrap()
             .as_ref()
             .to_vec()

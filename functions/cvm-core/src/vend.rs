@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use ring::rand::{SecureRandom, SystemRandom};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tracing::{error, info, warn};

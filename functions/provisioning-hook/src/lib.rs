@@ -18,7 +18,7 @@ use cvm_core::emf::{Metric, MetricGroup};
 use cvm_core::fleet::{Decision, HookConfig, HookRequest, HookResponse, ProvisioningHook};
 use cvm_core::ports::{CertificateIssuer, DeviceStore};
 use cvm_core::PolicyName;
-use lambda_runtime::{tracing, Diagnostic, LambdaEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent};
 
 pub use cvm_core::emf::Metrics;
 

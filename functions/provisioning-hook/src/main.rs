@@ -6,20 +6,20 @@
 
 use std::sync::Arc;
 
-use lambda_runtime::{service_fn, tracing, Error, LambdaEvent};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
 use provisioning_hook::{build, HookSettings, Metrics};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     // JSON logs when the function's log format is JSON; level from AWS_LAMBDA_LOG_LEVEL.
-    tracing::init_default_subscriber();
+    cvm_aws::logging::init();
 
     // Configuration and clients are built once, at init, and fail the cold start loudly.
     let settings = HookSettings::from_env()?;
     let metrics = Metrics::Emf {
         stage: settings.stage.clone(),
     };
-    let sdk = cvm_aws::load_sdk_config().await;
+    let sdk = cvm_aws::lambda_sdk_config()?;
     let hook = Arc::new(build(&sdk, settings, metrics));
 
     lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {

@@ -20,7 +20,7 @@ const MAX_EVENT_BYTES: u64 = 64 * 1024;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    lambda_runtime::tracing::init_default_subscriber_with_writer(std::io::stderr);
+    cvm_aws::logging::init_with_writer(std::io::stderr);
     match run().await {
         Ok(code) => code,
         Err(message) => {

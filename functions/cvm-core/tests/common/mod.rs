@@ -149,13 +149,14 @@ impl Device {
 
     /// ECDSA P-256 with SHA-256, ASN.1 DER, as the device signs with its key store.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
-        let signer = aws_lc_rs::signature::EcdsaKeyPair::from_pkcs8(
-            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
             &self.key.serialize_der(),
+            &ring::rand::SystemRandom::new(),
         )
         .unwrap();
         signer
-            .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+            .sign(&ring::rand::SystemRandom::new(), message)
             .unwrap()
             .as_ref()
             .to_vec()
