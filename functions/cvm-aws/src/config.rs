@@ -103,6 +103,8 @@ pub struct VendSettings {
     pub stage: String,
     /// `CVM_WARM_UP`: open the AWS connections during init (see [`crate::warm_up`]).
     pub warm_up: bool,
+    /// The account's quotas, AWS's defaults unless `CVM_AWS_QUOTAS` says otherwise.
+    pub quotas: cvm_core::pacing::Quotas,
 }
 
 /// Looks a setting up by name (the process environment, or a map in tests).
@@ -227,6 +229,7 @@ impl VendSettings {
             role_alias: env("CVM_ROLE_ALIAS").filter(|v| !v.is_empty()),
             stage: stage(env)?,
             warm_up: warm_up(env)?,
+            quotas: quotas(env)?,
         })
     }
 }
@@ -305,7 +308,42 @@ pub fn aws_quotas() -> cvm_core::pacing::Quotas {
     )
 }
 
-/// `CVM_STAGE`: the deployment's stage, a dimension of every metric (default `default`).
+/// [`aws_quotas`] with the rates `CVM_AWS_QUOTAS` gives, for an account whose quotas AWS
+/// raised: `iot:CreateCertificateFromCsr=50,iot:AttachPolicy=50` (calls per second).
+pub fn quotas(env: Env) -> Result<cvm_core::pacing::Quotas, ConfigError> {
+    let mut quotas = aws_quotas();
+    let Some(list) = env("CVM_AWS_QUOTAS").filter(|v| !v.trim().is_empty()) else {
+        return Ok(quotas);
+    };
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let invalid = |reason: &str| ConfigError::Invalid {
+            name: "CVM_AWS_QUOTAS",
+            reason: format!("{item:?}: {reason}"),
+        };
+        let (operation, rate) = item
+            .split_once('=')
+            .ok_or_else(|| invalid("expected service:Operation=calls-per-second"))?;
+        let (service, name) = operation
+            .trim()
+            .split_once(':')
+            .ok_or_else(|| invalid("the operation is service:Operation, e.g. iot:AttachPolicy"))?;
+        if service.is_empty() || name.is_empty() {
+            return Err(invalid(
+                "the operation is service:Operation, e.g. iot:AttachPolicy",
+            ));
+        }
+        let rate: f64 = rate
+            .trim()
+            .parse()
+            .map_err(|_| invalid("the rate is a number of calls per second"))?;
+        if !(rate.is_finite() && (0.1..=100_000.0).contains(&rate)) {
+            return Err(invalid("the rate must be 0.1 to 100000 calls per second"));
+        }
+        quotas = quotas.with_rate(operation.trim(), rate);
+    }
+    Ok(quotas)
+}
+
 /// `CVM_WARM_UP` (`on` by default, or `off`): whether a function opens its AWS connections
 /// during init, so its first request does not pay the TLS handshakes (see [`crate::warm_up`]).
 pub fn warm_up(env: Env) -> Result<bool, ConfigError> {
@@ -319,6 +357,7 @@ pub fn warm_up(env: Env) -> Result<bool, ConfigError> {
     }
 }
 
+/// `CVM_STAGE`: the deployment's stage, a dimension of every metric (default `default`).
 pub fn stage(env: Env) -> Result<String, ConfigError> {
     let stage = env("CVM_STAGE")
         .map(|s| s.trim().to_owned())
@@ -435,6 +474,40 @@ mod tests {
 
     const BASE: [(&str, &str); 2] = [("CVM_TABLE_NAME", "t"), ("CVM_DEFAULT_POLICY_NAME", "p")];
     const PCA: &str = "arn:aws:acm-pca:us-east-1:123456789012:certificate-authority/11111111-2222-3333-4444-555555555555";
+
+    #[test]
+    fn quotas_default_to_awss_and_can_be_raised() {
+        let q = settings(&BASE).unwrap().quotas;
+        assert_eq!(q.rate("iot:CreateCertificateFromCsr"), 15.0);
+        assert_eq!(q.rate("iot:UpdateCertificate"), 10.0);
+        let q = settings(&[
+            BASE[0],
+            BASE[1],
+            (
+                "CVM_AWS_QUOTAS",
+                " iot:CreateCertificateFromCsr=50, iot:AttachPolicy = 40.5 ,",
+            ),
+        ])
+        .unwrap()
+        .quotas;
+        assert_eq!(q.rate("iot:CreateCertificateFromCsr"), 50.0);
+        assert_eq!(q.rate("iot:AttachPolicy"), 40.5);
+        assert_eq!(q.rate("iot:CreateThing"), 100.0);
+        for bad in [
+            "iot:AttachPolicy",
+            "AttachPolicy=5",
+            ":AttachPolicy=5",
+            "iot:=5",
+            "iot:AttachPolicy=fast",
+            "iot:AttachPolicy=0",
+            "iot:AttachPolicy=-3",
+            "iot:AttachPolicy=NaN",
+            "iot:AttachPolicy=1e9",
+        ] {
+            let e = settings(&[BASE[0], BASE[1], ("CVM_AWS_QUOTAS", bad)]).unwrap_err();
+            assert!(e.to_string().contains("CVM_AWS_QUOTAS"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn warm_up_is_on_unless_turned_off() {

@@ -158,7 +158,7 @@ pub async fn build_vend_api(
         ca_certificates: settings.ca_certificates,
         role_alias: settings.role_alias,
         renewal: settings.renewal,
-        quotas: crate::config::aws_quotas(),
+        quotas: settings.quotas,
     };
     let vendor = Vendor::new(store, issuer?, IotRegistry::new(iot), config);
     Ok(Arc::new(Api { vendor, metrics }))

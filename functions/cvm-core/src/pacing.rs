@@ -40,6 +40,14 @@ impl Quotas {
         }
     }
 
+    /// The same quotas with `operation` at `rate` (an account whose quota AWS raised).
+    pub fn with_rate(mut self, operation: impl Into<String>, rate: f64) -> Self {
+        if rate > 0.0 {
+            self.rates.insert(operation.into(), rate);
+        }
+        self
+    }
+
     pub fn rate(&self, operation: &str) -> f64 {
         self.rates
             .get(operation)
