@@ -1,7 +1,7 @@
 //! The AWS SDK configuration, two ways.
 //!
 //! Tools and local servers use the SDK's default provider chain ([`load_sdk_config`]):
-//! profiles, SSO-less assume-role, IMDS, whatever the operator's machine has. A Lambda
+//! profiles, assume-role, IMDS, whatever the operator's machine has (no SSO). A Lambda
 //! function has exactly one source: the environment Lambda sets (`AWS_REGION` and the role's
 //! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`). [`lambda_sdk_config`] reads
 //! only that, so the chain's providers (profile files, STS, IMDS, ECS, credential processes)
@@ -85,13 +85,18 @@ pub fn lambda_sdk_config() -> Result<SdkConfig, ConfigError> {
 fn lambda_sdk_config_from(env: crate::config::Env) -> Result<SdkConfig, ConfigError> {
     let extra_roots = match env("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
         None => None,
-        Some(path) => Some(
-            std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
+        Some(path) => {
+            let pem = std::fs::read_to_string(&path).map_err(|source| ConfigError::File {
                 name: "SSL_CERT_FILE",
-                path,
+                path: path.clone(),
                 source,
-            })?,
-        ),
+            })?;
+            check_certificates(&pem).map_err(|reason| ConfigError::Invalid {
+                name: "SSL_CERT_FILE",
+                reason: format!("{path}: {reason}"),
+            })?;
+            Some(pem)
+        }
     };
     let region = env("AWS_REGION")
         .filter(|r| !r.trim().is_empty())
@@ -115,6 +120,24 @@ fn lambda_sdk_config_from(env: crate::config::Env) -> Result<SdkConfig, ConfigEr
         .http_client(lambda_https_client(extra_roots)?)
         .service_config(endpoints)
         .build())
+}
+
+/// The SDK's TLS set-up panics on a certificate it cannot read; a bad file must fail the cold
+/// start with a message instead: at least one PEM certificate, each a well-formed X.509 one.
+fn check_certificates(pem: &str) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    use x509_cert::der::Decode;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates ({e})"))?;
+    if certificates.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    for (i, der) in certificates.iter().enumerate() {
+        x509_cert::Certificate::from_der(der)
+            .map_err(|e| format!("certificate {} is not X.509 ({e})", i + 1))?;
+    }
+    Ok(())
 }
 
 /// `AWS_ENDPOINT_URL_<SERVICE>` (the service id upper-cased, spaces as `_`), else
@@ -191,12 +214,31 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_roots_are_the_amazon_trust_services_ones() {
+    fn the_embedded_roots_are_certificates() {
         for pem in AWS_ENDPOINT_ROOTS {
-            use rustls_pki_types::pem::PemObject;
-            let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes());
-            assert!(der.is_ok(), "not a PEM certificate: {}", &pem[..40]);
+            assert_eq!(check_certificates(pem), Ok(()), "{}", &pem[..40]);
         }
+    }
+
+    #[test]
+    fn a_file_of_no_certificates_or_a_broken_one_is_refused() {
+        assert!(check_certificates("").is_err());
+        assert!(check_certificates("not a certificate\n").is_err());
+        let broken = "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
+        assert!(check_certificates(broken)
+            .unwrap_err()
+            .contains("not X.509"));
+        let dir = std::env::temp_dir().join(format!("cvm-sdk-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.pem");
+        std::fs::write(&path, broken).unwrap();
+        let e = config(&[
+            ("AWS_REGION", "us-east-1"),
+            ("SSL_CERT_FILE", path.to_str().unwrap()),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("SSL_CERT_FILE"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
