@@ -70,6 +70,10 @@ impl Mqtt {
         port: u16,
         alpn: Option<Vec<Vec<u8>>>,
     ) -> Result<Mqtt, ConnectionError> {
+        // rumqttc's simple TLS set-up asks rustls for the process's default provider, which
+        // rustls cannot pick when the build enables two (the functions use ring, the tests
+        // aws-lc): name one. Installing it again is a no-op.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut options = MqttOptions::new(client_id, env("CVM_MQTT_HOST"), port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {

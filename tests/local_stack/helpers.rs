@@ -157,12 +157,18 @@ pub async fn certificates_for(iot: &aws_sdk_iot::Client, cn: &str) -> Vec<(Strin
             .unwrap();
         for c in page.certificates() {
             let id = c.certificate_id().unwrap();
-            let d = iot
-                .describe_certificate()
-                .certificate_id(id)
-                .send()
-                .await
-                .unwrap();
+            // Other tests run meanwhile, and some delete certificates (undo, sweep): one
+            // listed a moment ago may be gone, which is not this serial's.
+            let d = match iot.describe_certificate().certificate_id(id).send().await {
+                Ok(d) => d,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_resource_not_found_exception()) =>
+                {
+                    continue
+                }
+                Err(e) => panic!("DescribeCertificate {id}: {e:?}"),
+            };
             let desc = d.certificate_description().unwrap();
             let pem = desc.certificate_pem().unwrap();
             let cert = x509_cert::Certificate::from_pem(pem.as_bytes()).unwrap();
