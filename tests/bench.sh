@@ -24,8 +24,9 @@ step "building the release bootstraps (cargo lambda build --release, x86_64)"
 cargo lambda build --release -p vend -p cert-provider -p provisioning-hook >&2
 cargo lambda build --release -p lambda-hello >&2
 step "building the tools the benchmark drives"
-cargo build --quiet -p vend-local -p cvm-admin -p cvm-device -p cvm-tests --bin cvm-bench \
-  -p cert-provider --example provider_latency >&2
+# Target filters apply to every package named: each binary is named, or it is not built.
+cargo build --quiet -p vend-local -p cvm-admin -p cvm-device -p cvm-tests -p cert-provider \
+  --bin vend-local --bin cvm-admin --bin cvm-device --bin cvm-bench --example provider_latency >&2
 
 step "CSR parse + proof-of-possession check (cvm-core example csr_cost)"
 cargo run --quiet --release -p cvm-core --example csr_cost >"$OUT/csr_cost.txt"
